@@ -1,0 +1,1 @@
+"""The local real Kubernetes control plane: built once from Go modules, started on loopback."""
