@@ -1,0 +1,47 @@
+"""Admission: may this work start now? The GPU quota ledger (and Kueue) plug in here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from mlplane.crds.base import Queue
+
+
+@dataclass(frozen=True)
+class Work:
+    """What admission needs to know about a TrainingJob or TuningSweep."""
+
+    uid: str
+    namespace: str
+    name: str
+    pool: str
+    gpus: int
+    priority: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    admitted: bool
+    queue: Queue
+    message: str
+
+
+class Admission(Protocol):
+    def admit(self, work: Work) -> Decision:
+        """Admit `work` or say where it waits; calling again for admitted work is a no-op."""
+        ...
+
+    def release(self, uid: str) -> None:
+        """Give back what `uid` held (it ended or was deleted); unknown uids are ignored."""
+        ...
+
+
+class AdmitAll:
+    """No quota: every piece of work starts at once (the embedded default)."""
+
+    def admit(self, work: Work) -> Decision:
+        return Decision(True, Queue(pool=work.pool, gpus=work.gpus, position=0), "admitted")
+
+    def release(self, uid: str) -> None:
+        return None

@@ -1,0 +1,76 @@
+"""The `ray` backend: Ray Jobs API against a given Ray cluster or the embedded local head."""
+
+from __future__ import annotations
+
+import logging
+
+from mlplane.operator.backends.base import JobState, Launch
+from ray.job_submission import JobStatus as RayJobStatus
+from ray.job_submission import JobSubmissionClient
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+log = logging.getLogger(__name__)
+
+# Transient failures talking to the dashboard (it restarts, or is busy) are retried briefly; the
+# reconciler's timer retries anything longer.
+_transient = retry(
+    retry=retry_if_exception_type(ConnectionError),
+    wait=wait_exponential(multiplier=0.5, max=4),
+    stop=stop_after_attempt(4),
+    reraise=True,
+)
+
+
+class RayJobsBackend:
+    """Launch each attempt as one Ray job whose submission id is derived from the resource."""
+
+    name = "ray"
+
+    def __init__(self, dashboard_address: str) -> None:
+        self.address = dashboard_address.rstrip("/")
+        self._client: JobSubmissionClient | None = None
+
+    @property
+    def client(self) -> JobSubmissionClient:
+        # Created lazily: the constructor contacts the dashboard, which may still be starting.
+        if self._client is None:
+            self._client = JobSubmissionClient(self.address)
+        return self._client
+
+    @_transient
+    def submit(self, launch: Launch) -> None:
+        if self.state(launch.submission_id).status != "MISSING":
+            log.info("ray job %s already submitted", launch.submission_id)
+            return
+        self.client.submit_job(
+            entrypoint=launch.entrypoint,
+            submission_id=launch.submission_id,
+            runtime_env=launch.runtime_env or None,
+            metadata=launch.metadata,
+        )
+
+    @_transient
+    def state(self, submission_id: str) -> JobState:
+        try:
+            info = self.client.get_job_info(submission_id)
+        except RuntimeError as error:  # the SDK's way of saying 404
+            if "does not exist" in str(error) or "404" in str(error):
+                return JobState("MISSING")
+            raise
+        status = info.status.value if isinstance(info.status, RayJobStatus) else str(info.status)
+        return JobState(status, info.message or "")  # type: ignore[arg-type]
+
+    def logs_tail(self, submission_id: str, lines: int = 20) -> str:
+        try:
+            logs = self.client.get_job_logs(submission_id)
+        except RuntimeError:
+            return ""
+        return "\n".join(logs.rstrip().splitlines()[-lines:])
+
+    @_transient
+    def stop(self, submission_id: str) -> None:
+        if self.state(submission_id).status in ("PENDING", "RUNNING"):
+            self.client.stop_job(submission_id)
+
+    def dashboard_url(self, submission_id: str) -> str:
+        return f"{self.address}/#/jobs/{submission_id}"

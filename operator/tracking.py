@@ -1,0 +1,104 @@
+"""MLflow as the operator sees it: create the run up front, then read every active run at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+from mlplane.crds.base import MlflowRef
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """The latest state of one MLflow run."""
+
+    run_id: str
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class Tracking:
+    """The operator's MLflow client. Training code writes; the operator only creates and reads."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+
+    def ensure_run(
+        self, experiment: str, uid: str, run_name: str, tags: dict[str, str]
+    ) -> MlflowRef:
+        """The run for `uid`, made on first call; the runner finds it by its `mlplane.uid` tag."""
+        found = self.client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        existing = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`mlplane.uid` = '{uid}'", max_results=1
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+        else:
+            run = self.client.create_run(
+                experiment_id, run_name=run_name, tags={"mlplane.uid": uid, **tags}
+            )
+            run_id = run.info.run_id
+        return MlflowRef(
+            experiment_id=experiment_id, run_id=run_id, url=self.run_url(experiment_id, run_id)
+        )
+
+    def run_url(self, experiment_id: str, run_id: str) -> str | None:
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def snapshots(self, refs: Iterable[MlflowRef]) -> dict[str, RunSnapshot]:
+        """Every run in `refs`, read with a single search."""
+        refs = [r for r in refs if r.run_id and r.experiment_id]
+        if not refs:
+            return {}
+        ids = ", ".join(f"'{r.run_id}'" for r in refs)
+        runs = self.client.search_runs(
+            sorted({r.experiment_id for r in refs}),  # type: ignore[type-var]
+            filter_string=f"attributes.run_id IN ({ids})",
+            max_results=len(refs),
+        )
+        return {
+            run.info.run_id: RunSnapshot(
+                run.info.run_id, run.info.status, dict(run.data.metrics), dict(run.data.tags)
+            )
+            for run in runs
+        }
+
+
+class MetricsFeed:
+    """One MLflow query per interval for all active runs, however many resources ask.
+
+    Each resource's timer asks for its own run; the first ask after the data went stale refreshes
+    every watched run in one search, and the others read that result. A run asked for the first
+    time joins the next refresh rather than forcing one, so a burst of new jobs costs one query.
+    """
+
+    def __init__(self, tracking: Tracking, max_age_seconds: float) -> None:
+        self.tracking = tracking
+        self.max_age = max_age_seconds
+        self._watched: dict[str, MlflowRef] = {}
+        self._latest: dict[str, RunSnapshot] = {}
+        self._fetched_at = 0.0
+        self._lock = threading.Lock()
+        self.queries = 0
+
+    def get(self, ref: MlflowRef) -> RunSnapshot | None:
+        assert ref.run_id
+        with self._lock:
+            self._watched[ref.run_id] = ref
+            if time.monotonic() - self._fetched_at >= self.max_age:
+                self._latest = self.tracking.snapshots(self._watched.values())
+                self._fetched_at = time.monotonic()
+                self.queries += 1
+            return self._latest.get(ref.run_id)
+
+    def forget(self, run_id: str) -> None:
+        with self._lock:
+            self._watched.pop(run_id, None)
