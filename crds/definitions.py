@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from mlplane.crds.base import GROUP, VERSION
 from mlplane.crds.modeldeployment import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
 from mlplane.crds.schema import structural_schema
 from mlplane.crds.trainingjob import TrainingJob, TrainingJobSpec, TrainingJobStatus
 from mlplane.crds.tuningsweep import TuningSweep, TuningSweepSpec, TuningSweepStatus
-from pydantic import BaseModel
 
 
 @dataclass(frozen=True)

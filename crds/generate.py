@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from mlplane.crds.definitions import KINDS, Kind, crd
 from mlplane.crds.reference import api_reference
 

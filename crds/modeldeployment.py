@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+from pydantic import Field, field_validator, model_validator
+
 from mlplane.crds.base import (
     API_VERSION,
     CONDITIONS_LIST,
@@ -17,7 +19,6 @@ from mlplane.crds.base import (
     cel,
     validations,
 )
-from pydantic import Field, field_validator, model_validator
 
 MODEL_URI_PATTERN = r"^(models:/|runs:/|s3://).+"
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
+from pydantic import AfterValidator, Field, model_validator
+
 from mlplane.crds.base import (
     API_VERSION,
     NAME_PATTERN,
@@ -17,7 +19,6 @@ from mlplane.crds.base import (
     immutable,
     validations,
 )
-from pydantic import AfterValidator, Field, model_validator
 
 SKLEARN_DATASETS = ("breast_cancer", "digits", "wine", "iris", "diabetes")
 DATASET_SCHEMES = ("s3", "file", "sklearn")

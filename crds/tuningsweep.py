@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field, model_validator
+
 from mlplane.crds.base import (
     API_VERSION,
     NAME_PATTERN,
@@ -16,7 +18,6 @@ from mlplane.crds.base import (
     validations,
 )
 from mlplane.crds.trainingjob import ALIAS_PATTERN, MODEL_NAME_PATTERN, TrainingJobSpec
-from pydantic import Field, model_validator
 
 PARAM_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
 from mlplane.crds.base import API_VERSION
 from mlplane.crds.definitions import KINDS
-from pydantic import ValidationError
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ class Work:
     name: str
     pool: str
     gpus: int
-    priority: int
+    priority: int = 0
+    created: str = ""
+    """creationTimestamp (RFC 3339, so it sorts as text): FIFO order that survives restarts."""
 
 
 @dataclass(frozen=True)

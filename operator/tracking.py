@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
+
 from mlplane.crds.base import MlflowRef
 
 

@@ -118,6 +118,7 @@ class TrainingJobReconciler:
             pool=job.spec.resources.node_pool or "default",
             gpus=job.spec.resources.gpus,
             priority=job.spec.priority,
+            created=job.metadata.creation_timestamp or "",
         )
 
     def _admit_and_launch(self, step: Step, job: TrainingJob) -> None:

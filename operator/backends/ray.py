@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from mlplane.operator.backends.base import JobState, Launch
 from ray.job_submission import JobStatus as RayJobStatus
 from ray.job_submission import JobSubmissionClient
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from mlplane.operator.backends.base import JobState, Launch
 
 log = logging.getLogger(__name__)
 

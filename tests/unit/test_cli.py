@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 import yaml
-from mlplane.operator.cli import app
 from typer.testing import CliRunner
+
+from mlplane.operator.cli import app
 
 REPO = Path(__file__).parents[2]
 runner = CliRunner()

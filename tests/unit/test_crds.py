@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from mlplane.crds import KINDS, crd
 from mlplane.crds.base import QUANTITY_PATTERN
 from mlplane.crds.generate import crd_file, crd_yaml

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlplane.crds import KINDS, ModelDeploymentSpec, TrainingJobSpec, TuningSweepSpec
 from pydantic import ValidationError
+
+from mlplane.crds import KINDS, ModelDeploymentSpec, TrainingJobSpec, TuningSweepSpec
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from mlplane.crds.trainingjob import TrainingJob
 from mlplane.operator.admission import AdmitAll, Decision, Work
 from mlplane.operator.backends.base import JobState, Launch

@@ -1,0 +1,136 @@
+"""The GPU ledger: which work holds GPUs in which pool, and who waits in what order.
+
+It holds no state that cannot be rebuilt: at start the operator replays every TrainingJob and
+TuningSweep status into it (`rebuild`), so a restart neither admits twice nor counts a GPU twice.
+Between restarts it is the single writer of admissions, updated synchronously on each decision, so
+two timers running at once never both take the last GPUs.
+
+Order is FIFO within priority (higher first), per namespace and pool: work never overtakes earlier
+work that waits for the same namespace's quota in the same pool, as in Kueue's StrictFIFO.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from mlplane.crds.base import Queue
+from mlplane.operator.admission import Decision, Work
+
+HOLDING_PHASES = frozenset({"Starting", "Running"})
+WAITING_PHASES = frozenset({"Pending", "Queued"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """GPU limits the ledger enforces; None means no limit of that kind."""
+
+    pool_capacity: Callable[[str], int | None]
+    """GPUs a pool has in total."""
+    namespace_pool_quota: Callable[[str, str], int | None]
+    """GPUs a namespace may hold in a pool (the operator's configured quotas)."""
+    namespace_quota: Callable[[str], int | None]
+    """GPUs a namespace may request in total (its ResourceQuota on requests.nvidia.com/gpu)."""
+
+
+class GpuLedger:
+    """Admission by GPU quota, FIFO within priority, with a visible queue position."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._held: dict[str, Work] = {}
+        self._waiting: dict[str, Work] = {}
+        self._lock = threading.Lock()
+
+    def rebuild(self, observed: Iterable[tuple[Work, str | None]]) -> None:
+        """Start over from statuses: (work, phase) of every TrainingJob and TuningSweep."""
+        with self._lock:
+            self._held.clear()
+            self._waiting.clear()
+            for work, phase in observed:
+                if phase in HOLDING_PHASES:
+                    self._held[work.uid] = work
+                elif phase in WAITING_PHASES or phase is None:
+                    self._waiting[work.uid] = work
+
+    def admit(self, work: Work) -> Decision:
+        with self._lock:
+            if work.uid in self._held:
+                return self._admitted(work)
+            self._waiting[work.uid] = work
+            line = self._line(work)
+            position = line.index(work) + 1
+            blocker = self._blocker(work)
+            if position == 1 and blocker is None:
+                del self._waiting[work.uid]
+                self._held[work.uid] = work
+                return self._admitted(work)
+            message = f"needs {work.gpus} {work.pool} GPUs; {blocker or 'waiting for earlier work'}"
+            return Decision(
+                False,
+                Queue(pool=work.pool, gpus=work.gpus, position=position),
+                f"{message}; position {position}",
+            )
+
+    def release(self, uid: str) -> None:
+        with self._lock:
+            self._held.pop(uid, None)
+            self._waiting.pop(uid, None)
+
+    def held(self, pool: str, namespace: str | None = None) -> int:
+        with self._lock:
+            return self._sum(pool, namespace)
+
+    def waiting(self) -> list[Work]:
+        with self._lock:
+            return sorted(self._waiting.values(), key=_order)
+
+    def _admitted(self, work: Work) -> Decision:
+        return Decision(True, Queue(pool=work.pool, gpus=work.gpus, position=0), "admitted")
+
+    def _line(self, work: Work) -> list[Work]:
+        """The waiting work of the same namespace and pool, in admission order."""
+        same = [
+            w
+            for w in self._waiting.values()
+            if w.namespace == work.namespace and w.pool == work.pool
+        ]
+        return sorted(same, key=_order)
+
+    def _sum(self, pool: str | None, namespace: str | None) -> int:
+        return sum(
+            w.gpus
+            for w in self._held.values()
+            if (pool is None or w.pool == pool) and (namespace is None or w.namespace == namespace)
+        )
+
+    def _blocker(self, work: Work) -> str | None:
+        """Why `work` cannot have its GPUs now, or None when it can."""
+        if not work.gpus:
+            return None
+        ns, pool = work.namespace, work.pool
+        checks = (
+            (self.limits.namespace_pool_quota(ns, pool), pool, ns),
+            (self.limits.namespace_quota(ns), None, ns),
+            (self.limits.pool_capacity(pool), pool, None),
+        )
+        for limit, limit_pool, limit_ns in checks:
+            if limit is None:
+                continue
+            used = self._sum(limit_pool, limit_ns)
+            if used + work.gpus > limit:
+                return _describe(limit_ns, limit_pool, used, limit)
+        return None
+
+
+def _order(work: Work) -> tuple[int, str, str]:
+    return (-work.priority, work.created, work.uid)
+
+
+def _describe(namespace: str | None, pool: str | None, used: int, limit: int) -> str:
+    if namespace and pool:
+        return f"{namespace} uses {used} of {limit} {pool} GPUs"
+    if namespace:
+        return f"{namespace} uses {used} of its ResourceQuota of {limit} GPUs"
+    return f"pool {pool} has {limit - used} of {limit} GPUs free"

@@ -1,0 +1,123 @@
+"""The GPU ledger: quotas, FIFO within priority, positions, release, rebuild after a restart."""
+
+import pytest
+
+from mlplane.operator.admission import Work
+from mlplane.operator.quota import GpuLedger, Limits
+
+
+def ledger(pool_gpus: int = 24, team_quota: int | None = 8, namespace_quota: int | None = None):
+    return GpuLedger(
+        Limits(
+            pool_capacity=lambda pool: pool_gpus if pool == "a100" else None,
+            namespace_pool_quota=lambda ns, pool: team_quota if ns == "team-a" else None,
+            namespace_quota=lambda ns: namespace_quota,
+        )
+    )
+
+
+def job(n: int, gpus: int = 4, namespace: str = "team-a", priority: int = 0) -> Work:
+    return Work(
+        uid=f"u{n}",
+        namespace=namespace,
+        name=f"j{n}",
+        pool="a100",
+        gpus=gpus,
+        priority=priority,
+        created=f"2026-11-22T10:00:0{n}Z",
+    )
+
+
+def test_third_four_gpu_job_waits_at_position_one() -> None:
+    gpus = ledger()
+    assert gpus.admit(job(1)).admitted
+    assert gpus.admit(job(2)).admitted
+    third = gpus.admit(job(3))
+    assert not third.admitted
+    assert third.queue.position == 1
+    assert third.message == "needs 4 a100 GPUs; team-a uses 8 of 8 a100 GPUs; position 1"
+    assert gpus.held("a100", "team-a") == 8
+
+
+def test_finishing_one_admits_the_next() -> None:
+    gpus = ledger()
+    for n in (1, 2, 3):
+        gpus.admit(job(n))
+    gpus.release("u1")
+    assert gpus.admit(job(3)).admitted
+    assert gpus.held("a100", "team-a") == 8
+
+
+def test_admitting_again_is_a_no_op() -> None:
+    gpus = ledger()
+    assert gpus.admit(job(1)).admitted
+    assert gpus.admit(job(1)).admitted
+    assert gpus.held("a100") == 4
+
+
+def test_fifo_no_overtaking_within_a_namespace() -> None:
+    gpus = ledger()
+    gpus.admit(job(1, gpus=8))
+    assert gpus.admit(job(2, gpus=4)).queue.position == 1
+    assert gpus.admit(job(3, gpus=1)).queue.position == 2
+    gpus.release("u1")
+    # The small job asks first, but the earlier one is still first in line.
+    assert not gpus.admit(job(3, gpus=1)).admitted
+    assert gpus.admit(job(2, gpus=4)).admitted
+    assert gpus.admit(job(3, gpus=1)).admitted
+
+
+def test_priority_goes_before_age() -> None:
+    gpus = ledger()
+    gpus.admit(job(1, gpus=8))
+    gpus.admit(job(2))
+    urgent = gpus.admit(job(3, priority=10))
+    assert urgent.queue.position == 1
+    assert gpus.admit(job(2)).queue.position == 2
+
+
+def test_deleting_queued_work_moves_the_line_up() -> None:
+    gpus = ledger()
+    gpus.admit(job(1, gpus=8))
+    gpus.admit(job(2))
+    gpus.admit(job(3))
+    gpus.release("u2")
+    assert gpus.admit(job(3)).queue.position == 1
+    assert [w.uid for w in gpus.waiting()] == ["u3"]
+
+
+def test_pool_capacity_binds_across_namespaces() -> None:
+    gpus = ledger(pool_gpus=8, team_quota=None)
+    assert gpus.admit(job(1, namespace="team-b", gpus=8)).admitted
+    waiting = gpus.admit(job(2, namespace="team-c", gpus=1))
+    assert not waiting.admitted
+    assert "pool a100 has 0 of 8 GPUs free" in waiting.message
+
+
+def test_namespace_resource_quota_is_honoured() -> None:
+    gpus = ledger(team_quota=None, namespace_quota=4)
+    assert gpus.admit(job(1)).admitted
+    waiting = gpus.admit(job(2))
+    assert "team-a uses 4 of its ResourceQuota of 4 GPUs" in waiting.message
+
+
+def test_cpu_only_work_is_never_queued() -> None:
+    gpus = ledger(team_quota=0)
+    assert gpus.admit(job(1, gpus=0)).admitted
+
+
+@pytest.mark.parametrize("phase", ["Starting", "Running"])
+def test_rebuild_counts_running_work_once(phase: str) -> None:
+    gpus = ledger()
+    gpus.rebuild(
+        [
+            (job(1), phase),
+            (job(2), phase),
+            (job(3), "Queued"),
+            (job(4), "Succeeded"),
+        ]
+    )
+    assert gpus.held("a100", "team-a") == 8
+    assert gpus.admit(job(1)).admitted  # already held: not counted twice
+    assert gpus.held("a100", "team-a") == 8
+    assert gpus.admit(job(3)).queue.position == 1
