@@ -16,7 +16,7 @@ from pathlib import Path
 from mlplane.crds.base import MlflowRef, Progress, RayRef, RegisteredModel
 from mlplane.crds.trainingjob import TrainingJob, TrainingJobSpec, TrainingJobStatus
 from mlplane.operator.admission import Admission, Work
-from mlplane.operator.backends.base import JobState, Launch, TrainingBackend
+from mlplane.operator.backends.base import JobState, Launch, Owner, TrainingBackend
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.status import TERMINAL_PHASES, Event, now, set_condition
 from mlplane.operator.tracking import MetricsFeed, RunSnapshot, Tracking
@@ -179,8 +179,19 @@ class TrainingJobReconciler:
         return Launch(
             submission_id=submission_id(uid, attempt),
             entrypoint=entrypoint,
+            owner=Owner(
+                api_version=job.api_version,
+                kind=job.kind,
+                name=job.metadata.name,
+                namespace=job.metadata.namespace or "",
+                uid=uid,
+            ),
+            attempt=attempt,
+            resources=job.spec.resources,
             runtime_env=runtime_env(job.spec),
             metadata={"mlplane.uid": uid, "mlplane.name": job.metadata.name},
+            active_deadline_seconds=job.spec.active_deadline_seconds,
+            queue_name=job.spec.queue_name,
         )
 
     # -- observation ---------------------------------------------------------------------------
@@ -277,6 +288,9 @@ class TrainingJobReconciler:
             self.backend.logs_tail(status.ray.submission_id)
         )
         reason = error or state.message or f"Ray job {state.status.lower()}"
+        if state.reason == "DeadlineExceeded":
+            self._fail(step, job, "DeadlineExceeded", reason)
+            return
         if status.attempts <= job.spec.retries:
             step.events.append(
                 Event("Warning", "Retrying", f"attempt {status.attempts} failed: {reason}")

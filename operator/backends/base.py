@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from mlplane.crds.trainingjob import ResourceRequest
+
 JobStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "MISSING"]
 
 
@@ -14,6 +16,19 @@ class JobState:
 
     status: JobStatus
     message: str = ""
+    reason: str = ""
+    """Why it ended, when the backend says (KubeRay: DeadlineExceeded, AppFailed …)."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The resource a launch belongs to: children carry it as their ownerReference."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str
+    uid: str
 
 
 @dataclass(frozen=True)
@@ -22,8 +37,14 @@ class Launch:
 
     submission_id: str
     entrypoint: str
+    owner: Owner
+    attempt: int = 1
+    resources: ResourceRequest = field(default_factory=ResourceRequest)
     runtime_env: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    active_deadline_seconds: int | None = None
+    queue_name: str | None = None
+    """A Kueue LocalQueue: the child is created suspended and labelled for Kueue."""
 
 
 class TrainingBackend(Protocol):

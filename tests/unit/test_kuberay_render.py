@@ -1,0 +1,109 @@
+"""What the kuberay backend puts on the cluster, and how it reads KubeRay's status back."""
+
+import json
+
+import pytest
+
+from mlplane.crds.trainingjob import ResourceRequest
+from mlplane.operator.backends.base import Launch, Owner
+from mlplane.operator.backends.kuberay import (
+    KUEUE_QUEUE_LABEL,
+    Placement,
+    job_state,
+    render_rayjob,
+)
+from mlplane.operator.config import NodePool
+
+A100 = NodePool(
+    name="a100",
+    node_selector={"mlplane.dev/pool": "a100"},
+    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    gpus_per_node=8,
+)
+CPU = NodePool(name="cpu", node_selector={"mlplane.dev/pool": "cpu"})
+
+
+def launch(**extra) -> Launch:
+    return Launch(
+        submission_id="mlplane-u1-2",
+        entrypoint="python -m mlplane.training train --spec-json e30=",
+        owner=Owner("mlplane.dev/v1alpha1", "TrainingJob", "churn", "team-a", "u1"),
+        attempt=2,
+        resources=ResourceRequest.model_validate(
+            {"workers": 2, "perWorker": {"cpu": 4, "memory": "16Gi", "gpu": 4}, "nodePool": "a100"}
+        ),
+        runtime_env={"env_vars": {"A": "1"}},
+        active_deadline_seconds=3600,
+        **extra,
+    )
+
+
+def render(**extra) -> dict:
+    return render_rayjob(launch(**extra), Placement("mlplane/runtime:0.1", CPU, A100))
+
+
+def test_workers_land_on_the_gpu_pool_and_tolerate_its_taint() -> None:
+    group = render()["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
+    pod = group["template"]["spec"]
+    assert pod["nodeSelector"] == {"mlplane.dev/pool": "a100"}
+    assert pod["tolerations"] == A100.tolerations
+    resources = pod["containers"][0]["resources"]
+    assert resources["limits"]["nvidia.com/gpu"] == "4"
+    assert resources["requests"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "4"}
+    assert group["rayStartParams"] == {"num-cpus": "4", "num-gpus": "4"}
+
+
+def test_head_runs_on_the_cpu_pool_without_gpus() -> None:
+    head = render()["spec"]["rayClusterSpec"]["headGroupSpec"]
+    assert head["template"]["spec"]["nodeSelector"] == {"mlplane.dev/pool": "cpu"}
+    assert "tolerations" not in head["template"]["spec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+
+
+def test_job_settings_owner_and_name() -> None:
+    rayjob = render()
+    spec = rayjob["spec"]
+    assert spec["entrypoint"].startswith("python -m mlplane.training train")
+    assert spec["jobId"] == "mlplane-u1-2"
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["activeDeadlineSeconds"] == 3600
+    assert spec["suspend"] is False
+    assert json.loads(spec["runtimeEnvYAML"]) == {"env_vars": {"A": "1"}}
+    assert rayjob["metadata"]["name"] == "churn-a2"
+    owner = rayjob["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("TrainingJob", "u1", True)
+
+
+def test_kueue_gets_a_suspended_labelled_rayjob() -> None:
+    rayjob = render(queue_name="team-a-gpus")
+    assert rayjob["spec"]["suspend"] is True
+    assert rayjob["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a-gpus"
+
+
+@pytest.mark.parametrize(
+    ("status", "expected", "reason"),
+    [
+        (None, "PENDING", ""),
+        ({"jobDeploymentStatus": "Initializing"}, "PENDING", ""),
+        ({"jobDeploymentStatus": "Suspended"}, "PENDING", ""),
+        ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}, "RUNNING", ""),
+        ({"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}, "SUCCEEDED", ""),
+        (
+            {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "message": "ran 3600s"},
+            "FAILED",
+            "DeadlineExceeded",
+        ),
+        ({"jobDeploymentStatus": "Complete", "jobStatus": "FAILED"}, "FAILED", ""),
+    ],
+)
+def test_status_mapping(status: dict | None, expected: str, reason: str) -> None:
+    state = job_state(status)
+    assert (state.status, state.reason) == (expected, reason)
+
+
+def test_failure_keeps_kuberays_reason_and_message() -> None:
+    state = job_state(
+        {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "message": "ran 3600s"}
+    )
+    assert state.message == "DeadlineExceeded: ran 3600s"
