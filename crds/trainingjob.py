@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from mlplane.crds.base import (
     API_VERSION,
@@ -197,7 +197,11 @@ def _parse_gate(condition: str) -> str:
     return condition
 
 
-Gate = Annotated[str, AfterValidator(_parse_gate), Field(pattern=GATE_PATTERN, max_length=64)]
+Gate = Annotated[
+    str,
+    AfterValidator(_parse_gate),
+    WithJsonSchema({"type": "string", "pattern": GATE_PATTERN, "maxLength": 64}),
+]
 
 
 class TrainingJobSpec(ApiModel):

@@ -70,14 +70,9 @@ class Dimension(ApiModel):
     choice: list[Scalar] | None = Field(default=None, min_length=1, max_length=256)
     """One of these values."""
 
+    # Exactly one property, checked by the schema itself: CEL cannot see the untyped choice list.
     model_config = ApiModel.model_config | {
-        "json_schema_extra": validations(
-            cel(
-                "[has(self.uniform), has(self.loguniform), has(self.randint), has(self.choice)]"
-                ".filter(x, x).size() == 1",
-                "set exactly one of uniform, loguniform, randint, choice",
-            )
-        )
+        "json_schema_extra": {"minProperties": 1, "maxProperties": 1}
     }
 
     @model_validator(mode="after")
@@ -150,7 +145,7 @@ class TuningSweepSpec(ApiModel):
         max_length=64,
         json_schema_extra=validations(
             cel(
-                f"self.all(k, k.matches('{PARAM_PATTERN}'))",
+                f"self.all(k, k.matches(r'{PARAM_PATTERN}'))",
                 "keys are hyperparameter names, or dotted paths such as model.params.dropout",
             )
         ),
