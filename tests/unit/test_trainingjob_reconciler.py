@@ -1,53 +1,24 @@
 """The TrainingJob state machine, step by step.
 
-The backend here is an in-memory stand-in for the Ray Jobs API, so each transition (retry,
-deadline, duplicate submission after a restart) can be forced; MLflow is real, on a SQLite file.
-The same reconciler runs against real Ray in tests/e2e.
+The backend here is an in-memory stand-in for the Ray Jobs API (tests/inmemory.py), so each
+transition (retry, deadline, duplicate submission after a restart) can be forced; MLflow is real,
+on a SQLite file. The same reconciler runs against real Ray in tests/e2e.
 """
 
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from inmemory import InMemoryJobs
 
 from mlplane.crds.trainingjob import TrainingJob
 from mlplane.operator.admission import AdmitAll, Decision, Work
-from mlplane.operator.backends.base import JobState, Launch
 from mlplane.operator.config import NodePool, OperatorConfig
+from mlplane.operator.lifecycle import submission_id
 from mlplane.operator.status import condition
 from mlplane.operator.tracking import MetricsFeed, Tracking
-from mlplane.operator.trainingjob import TrainingJobReconciler, submission_id
-
-
-@dataclass
-class InMemoryJobs:
-    name: str = "memory"
-    jobs: dict[str, str] = field(default_factory=dict)
-    submissions: list[Launch] = field(default_factory=list)
-    stopped: list[str] = field(default_factory=list)
-    logs: str = ""
-
-    def submit(self, launch: Launch) -> None:
-        if launch.submission_id in self.jobs:
-            return
-        self.jobs[launch.submission_id] = "PENDING"
-        self.submissions.append(launch)
-
-    def state(self, submission_id: str) -> JobState:
-        return JobState(self.jobs.get(submission_id, "MISSING"))  # type: ignore[arg-type]
-
-    def logs_tail(self, submission_id: str, lines: int = 20) -> str:
-        return self.logs
-
-    def stop(self, submission_id: str) -> None:
-        if self.jobs.get(submission_id) in ("PENDING", "RUNNING"):
-            self.jobs[submission_id] = "STOPPED"
-            self.stopped.append(submission_id)
-
-    def dashboard_url(self, submission_id: str) -> str:
-        return f"memory://{submission_id}"
+from mlplane.operator.trainingjob import TrainingJobReconciler
 
 
 class QueueEverything(AdmitAll):

@@ -1,0 +1,370 @@
+"""The lifecycle TrainingJob and TuningSweep share: validate → admit → launch → observe → finish.
+
+A reconciler knows nothing of kopf: it takes the resource as it is and returns the status it should
+have, plus the Events to emit. The kopf handlers and `mlplane run` both drive it, so the operator
+and the local runner show the same status. Every step is safe to repeat: the submission id derives
+from the UID and attempt, so an operator restarted at any point never submits twice.
+
+Each kind supplies only what differs (`RunReconciler`'s abstract methods): the GPUs it needs, the
+runner command, how MLflow maps onto its status, and what success means.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from mlplane.crds.base import MlflowRef, RayRef, RunStatus
+from mlplane.crds.trainingjob import ResourceRequest, TrainingJobSpec
+from mlplane.operator.admission import Admission, Work
+from mlplane.operator.backends.base import JobState, Launch, Owner, TrainingBackend
+from mlplane.operator.config import OperatorConfig
+from mlplane.operator.status import TERMINAL_PHASES, Event, now, set_condition
+from mlplane.operator.tracking import MetricsFeed, RunSnapshot, Tracking
+
+S = TypeVar("S", bound=RunStatus)
+
+
+@dataclass
+class Step(Generic[S]):
+    """The outcome of one reconcile step."""
+
+    status: S
+    events: list[Event] = field(default_factory=list)
+
+    def phase(self, phase: str, reason: str, message: str, warning: bool = False) -> None:
+        if self.status.phase != phase:
+            self.events.append(Event("Warning" if warning else "Normal", reason, message))
+        self.status.phase = phase  # type: ignore[assignment]
+
+
+def submission_id(uid: str, attempt: int) -> str:
+    """One Ray submission per attempt, named so that a restarted operator finds it again."""
+    return f"mlplane-{uid}-{attempt}"
+
+
+def resource_problems(resources: ResourceRequest, config: OperatorConfig, path: str) -> list[str]:
+    """What the schema cannot know: does the named pool exist, can the cluster give GPUs."""
+    problems = []
+    pool_name = resources.node_pool
+    pool = config.pool(pool_name) if pool_name else None
+    if pool_name and config.node_pools and pool is None:
+        known = ", ".join(p.name for p in config.node_pools)
+        problems.append(f"{path}.nodePool: no node pool {pool_name!r}; known: {known}")
+    gpu = resources.per_worker.gpu
+    if gpu:
+        if not any(p.gpus_per_node for p in config.node_pools):
+            problems.append(
+                f"{path}.perWorker.gpu: GPUs requested but this operator has no GPU node pool "
+                "configured"
+            )
+        elif pool and gpu > pool.gpus_per_node:
+            problems.append(
+                f"{path}.perWorker.gpu: {gpu} GPUs per worker, but nodes in pool "
+                f"{pool.name!r} have {pool.gpus_per_node}"
+            )
+    return problems
+
+
+def runtime_env(spec: TrainingJobSpec) -> dict[str, Any]:
+    """The spec's runtimeEnv in Ray's terms; a relative workingDir is taken from the current dir."""
+    # Ray Train V2 otherwise waits ~2 s per report for its health check.
+    env_vars = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    env: dict[str, Any] = {"env_vars": env_vars}
+    user = spec.runtime_env
+    if user is None:
+        return env
+    env_vars.update(user.env_vars)
+    if user.pip:
+        env["pip"] = list(user.pip)
+    if user.working_dir:
+        env["working_dir"] = _local_or_remote(user.working_dir)
+    if user.py_modules:
+        env["py_modules"] = [_local_or_remote(m) for m in user.py_modules]
+    return env
+
+
+def _local_or_remote(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _b64(data: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+
+
+def last_error_line(logs: str) -> str:
+    """The `ExcType: message` line a failed runner ends its stderr with."""
+    for line in reversed(logs.splitlines()):
+        head = line.split(":", 1)[0]
+        if ":" in line and head.replace(".", "").isidentifier() and head[0].isupper():
+            return line.strip()
+    return ""
+
+
+class RunReconciler(ABC, Generic[S]):
+    """Drives one resource one step at a time through its backend, MLflow and admission."""
+
+    kind: str
+    runner_command: str
+    """The `python -m mlplane.training` subcommand: train or tune."""
+
+    def __init__(
+        self,
+        config: OperatorConfig,
+        backend: TrainingBackend,
+        tracking: Tracking,
+        feed: MetricsFeed,
+        admission: Admission,
+    ) -> None:
+        self.config = config
+        self.backend = backend
+        self.tracking = tracking
+        self.feed = feed
+        self.admission = admission
+
+    # -- what each kind supplies ---------------------------------------------------------------
+
+    @abstractmethod
+    def new_status(self) -> S: ...
+
+    @abstractmethod
+    def problems(self, resource: Any) -> list[str]:
+        """Semantic problems, each naming its field; any problem fails the resource."""
+
+    @abstractmethod
+    def gpus(self, resource: Any) -> tuple[str, int]:
+        """The node pool and the GPUs the resource holds while it runs."""
+
+    @abstractmethod
+    def training_spec(self, resource: Any) -> TrainingJobSpec:
+        """The TrainingJob spec whose resources and runtime env the launch uses."""
+
+    @abstractmethod
+    def experiment(self, resource: Any) -> str: ...
+
+    @abstractmethod
+    def retries(self, resource: Any) -> int: ...
+
+    def launch_resources(self, resource: Any) -> ResourceRequest:
+        """What one attempt needs from the cluster (a sweep multiplies by its parallel trials)."""
+        return self.training_spec(resource).resources
+
+    def retryable(self, run: RunSnapshot | None) -> bool:
+        """Whether a failed attempt may be retried, given what the runner recorded."""
+        return True
+
+    @abstractmethod
+    def mirror(self, status: S, run: RunSnapshot) -> None:
+        """Copy what the runner wrote to MLflow onto the status."""
+
+    @abstractmethod
+    def succeed(self, step: Step[S], resource: Any, run: RunSnapshot | None) -> str:
+        """Fill in what success means for this kind; return the Complete condition's message."""
+
+    # -- the shared lifecycle ------------------------------------------------------------------
+
+    def reconcile(self, resource: Any) -> Step[S]:
+        step = Step((resource.status or self.new_status()).model_copy(deep=True))
+        step.status.observed_generation = resource.metadata.generation
+        if step.status.phase in TERMINAL_PHASES:
+            return step
+        if step.status.phase is None:
+            problems = self.problems(resource)
+            if problems:
+                self._fail(step, resource, "InvalidSpec", "; ".join(problems))
+                return step
+            step.phase("Pending", "Pending", "validated; waiting for admission")
+        if step.status.phase in ("Pending", "Queued"):
+            self._admit_and_launch(step, resource)
+        if step.status.phase in ("Starting", "Running"):
+            self._observe(step, resource)
+        return step
+
+    def delete(self, resource: Any) -> None:
+        """Stop the running attempt and give back its quota; safe to call twice."""
+        status = resource.status or self.new_status()
+        if status.phase not in TERMINAL_PHASES and status.ray and status.ray.submission_id:
+            self.backend.stop(status.ray.submission_id)
+        self._let_go(resource, status)
+
+    def work(self, resource: Any) -> Work:
+        pool, gpus = self.gpus(resource)
+        return Work(
+            uid=resource.metadata.uid or "",
+            namespace=resource.metadata.namespace or "",
+            name=resource.metadata.name,
+            pool=pool,
+            gpus=gpus,
+            priority=resource.spec.priority,
+            created=resource.metadata.creation_timestamp or "",
+        )
+
+    def launch_for(self, resource: Any, attempt: int) -> Launch:
+        """The runner's command line and Ray runtime_env for one attempt."""
+        meta = resource.metadata
+        uid = meta.uid or ""
+        context = {
+            "namespace": meta.namespace,
+            "name": meta.name,
+            "uid": uid,
+            "attempt": attempt,
+            "mlflowTrackingUri": self.tracking.tracking_uri,
+            "storagePath": str(self.config.data_dir / "checkpoints"),
+            "experiment": self.experiment(resource),
+        }
+        entrypoint = (
+            f"python -m mlplane.training {self.runner_command} "
+            f"--spec-json {_b64(resource.spec.to_dict())} --context-json {_b64(context)}"
+        )
+        training = self.training_spec(resource)
+        return Launch(
+            submission_id=submission_id(uid, attempt),
+            entrypoint=entrypoint,
+            owner=Owner(resource.api_version, resource.kind, meta.name, meta.namespace or "", uid),
+            attempt=attempt,
+            resources=self.launch_resources(resource),
+            runtime_env=runtime_env(training),
+            metadata={"mlplane.uid": uid, "mlplane.name": meta.name},
+            active_deadline_seconds=resource.spec.active_deadline_seconds,
+            queue_name=resource.spec.queue_name,
+        )
+
+    def _admit_and_launch(self, step: Step[S], resource: Any) -> None:
+        status = step.status
+        generation = resource.metadata.generation
+        decision = self.admission.admit(self.work(resource))
+        status.queue = decision.queue
+        if not decision.admitted:
+            status.conditions = set_condition(
+                status.conditions, "Admitted", "False", "Queued", decision.message, generation
+            )
+            step.phase("Queued", "Queued", decision.message)
+            return
+        status.conditions = set_condition(
+            status.conditions, "Admitted", "True", "Admitted", decision.message, generation
+        )
+        meta = resource.metadata
+        status.mlflow = self.tracking.ensure_run(
+            self.experiment(resource),
+            uid=meta.uid or "",
+            run_name=meta.name,
+            tags={
+                "mlplane.kind": self.kind,
+                "mlplane.namespace": meta.namespace or "",
+                "mlplane.name": meta.name,
+            },
+        )
+        status.attempts = max(status.attempts, 1)
+        status.start_time = status.start_time or now()
+        self._launch(step, resource)
+
+    def _launch(self, step: Step[S], resource: Any) -> None:
+        status = step.status
+        launch = self.launch_for(resource, status.attempts)
+        self.backend.submit(launch)
+        sid = launch.submission_id
+        status.ray = RayRef(
+            backend=self.backend.name,
+            submission_id=sid,
+            dashboard_url=self.backend.dashboard_url(sid),
+        )
+        step.phase("Starting", "Launched", f"attempt {status.attempts} submitted as {sid}")
+
+    def _observe(self, step: Step[S], resource: Any) -> None:
+        status = step.status
+        assert status.ray and status.ray.submission_id
+        state = self.backend.state(status.ray.submission_id)
+        snapshot = self.feed.get(status.mlflow) if status.mlflow and status.mlflow.run_id else None
+        if snapshot:
+            self.mirror(status, snapshot)
+        self._account_gpus(status, resource)
+        deadline = resource.spec.active_deadline_seconds
+        elapsed = (now() - status.start_time).total_seconds() if status.start_time else 0
+        if deadline and elapsed > deadline:
+            self.backend.stop(status.ray.submission_id)
+            self._fail(step, resource, "DeadlineExceeded", f"ran longer than {deadline}s")
+        elif state.status == "RUNNING":
+            status.conditions = set_condition(
+                status.conditions, "Running", "True", "Running", f"attempt {status.attempts}"
+            )
+            step.phase("Running", "Running", f"attempt {status.attempts} is running on Ray")
+        elif state.status == "SUCCEEDED":
+            self._finish(step, resource)
+        elif state.status in ("FAILED", "STOPPED", "MISSING"):
+            self._attempt_failed(step, resource, state, snapshot)
+
+    def _finish(self, step: Step[S], resource: Any) -> None:
+        status = step.status
+        # The runner wrote its last metrics and tags before exiting: read them once more.
+        final = self._final_snapshot(status.mlflow)
+        if final:
+            self.mirror(status, final)
+        message = self.succeed(step, resource, final)
+        status.completion_time = now()
+        self._account_gpus(status, resource)
+        generation = resource.metadata.generation
+        status.conditions = set_condition(status.conditions, "Running", "False", "Finished")
+        status.conditions = set_condition(
+            status.conditions, "Complete", "True", "Succeeded", message, generation
+        )
+        step.phase("Succeeded", "Succeeded", message)
+        self._let_go(resource, status)
+
+    def _final_snapshot(self, ref: MlflowRef | None) -> RunSnapshot | None:
+        if not (ref and ref.run_id):
+            return None
+        return self.tracking.snapshots([ref]).get(ref.run_id)
+
+    def _attempt_failed(
+        self, step: Step[S], resource: Any, state: JobState, run: RunSnapshot | None
+    ) -> None:
+        status = step.status
+        assert status.ray and status.ray.submission_id
+        error = (run.tags.get("mlplane.error") if run else None) or last_error_line(
+            self.backend.logs_tail(status.ray.submission_id)
+        )
+        reason = error or state.message or f"Ray job {state.status.lower()}"
+        if state.reason == "DeadlineExceeded":
+            self._fail(step, resource, "DeadlineExceeded", reason)
+            return
+        retries = self.retries(resource)
+        if status.attempts <= retries and self.retryable(run):
+            step.events.append(
+                Event("Warning", "Retrying", f"attempt {status.attempts} failed: {reason}")
+            )
+            status.attempts += 1
+            self._launch(step, resource)
+            return
+        logs = self.backend.logs_tail(status.ray.submission_id, lines=10)
+        message = f"attempt {status.attempts} of {retries + 1} failed: {reason}"
+        if logs:
+            message += f"\nlast log lines:\n{logs}"
+        self._fail(step, resource, "TrainingFailed", message)
+
+    def _fail(self, step: Step[S], resource: Any, reason: str, message: str) -> None:
+        status = step.status
+        status.completion_time = now()
+        self._account_gpus(status, resource)
+        if any(c.type == "Running" for c in status.conditions):
+            status.conditions = set_condition(status.conditions, "Running", "False", reason)
+        status.conditions = set_condition(
+            status.conditions, "Failed", "True", reason, message, resource.metadata.generation
+        )
+        step.phase("Failed", reason, message.splitlines()[0], warning=True)
+        self._let_go(resource, status)
+
+    def _account_gpus(self, status: S, resource: Any) -> None:
+        if status.start_time:
+            end = status.completion_time or now()
+            _, gpus = self.gpus(resource)
+            status.gpu_seconds = gpus * (end - status.start_time).total_seconds()
+
+    def _let_go(self, resource: Any, status: S) -> None:
+        """Give back the quota and stop watching MLflow for a resource that is done."""
+        self.admission.release(resource.metadata.uid or "")
+        if status.mlflow and status.mlflow.run_id:
+            self.feed.forget(status.mlflow.run_id)
