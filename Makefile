@@ -24,9 +24,11 @@ lock:
 
 demo: setup
 	$(BIN)/mlplane validate examples/
+	$(BIN)/mlplane run examples/trainingjob-xgboost.yaml
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/mlplane cluster build
 	$(BIN)/python -m pytest
 
 lint: setup
