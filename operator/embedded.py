@@ -1,0 +1,281 @@
+"""The embedded default: a local Ray head and a local MLflow server, started as child processes.
+
+`mlplane operator` and `mlplane run` use these when no Ray address or MLflow URI is configured, and
+the test fixtures use the very same code, so the tests exercise what users get.
+
+Each service runs under a small supervisor (`python -m mlplane.operator.embedded CMD…`) that leads
+its own session (process group) and holds a pipe from this process. Closing the pipe — `stop()`, or
+this process dying in any way, even SIGKILL — makes the supervisor stop the service and then kill
+whatever is left in its group. So a stop ends everything the service spawned and nothing else:
+another Ray cluster on the same machine is never touched (`ray stop` would kill every Ray process
+of the user).
+
+The Ray head is started without `ray start --block`: in that mode any Ray subprocess that exits
+early (the Ray Client server gives up after 30 s when a loaded machine starts the raylet slowly)
+makes `ray start` tear the whole head down; the supervisor holds the process group instead.
+
+Ray's token authentication is turned off for the local head (`RAY_AUTH_MODE=disabled`): every
+port is bound to 127.0.0.1, so only local users can reach it, and the Jobs API client (the ray
+backend) then needs no token file. A shared or remote cluster keeps its own auth settings.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+LOCALHOST = "127.0.0.1"
+# A Unix socket path may be at most 107 bytes; Ray puts sockets under
+# <temp_dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store (about 60 bytes past temp_dir).
+_MAX_RAY_TEMP_DIR = 44
+# How long a service gets to shut down after SIGTERM before its process group is killed.
+_GRACE_SECONDS = 15.0
+
+
+@dataclass
+class Service:
+    """A started server: what clients use to reach it, and the process group to stop it."""
+
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self) -> None:
+        """Close the supervisor's pipe, wait for it to stop the service, then clear the group."""
+        if self.process.stdin:
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=_GRACE_SECONDS + 10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        _running.pop(self.url, None)
+
+
+_running: dict[str, Service] = {}
+
+
+def stop_all() -> None:
+    """Stop every service this process started (registered at exit)."""
+    for service in list(_running.values()):
+        service.stop()
+
+
+atexit.register(stop_all)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _venv_env(**extra: str) -> dict[str, str]:
+    """This interpreter's environment, with its bin dir first so `python` means this venv.
+
+    Ray runs job entrypoints (`python -m mlplane.training …`) through a shell with the head's
+    PATH; without this they could pick up another Python that has no mlplane.
+    """
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(extra)
+    return env
+
+
+def _wait_http(url: str, service: Service, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            service.stop()  # whatever it left behind
+            raise RuntimeError(
+                f"{service.name} exited with code {service.process.returncode}; "
+                f"last log lines:\n{_tail(service.log_path)}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    service.stop()
+    raise TimeoutError(
+        f"{service.name} did not answer {url} within {timeout:.0f}s; "
+        f"last log lines:\n{_tail(service.log_path)}"
+    )
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _spawn(name: str, url: str, argv: list[str], env: dict[str, str], log_path: Path) -> Service:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mlplane.operator.embedded", *argv],
+            env=env,
+            stdin=subprocess.PIPE,  # the supervisor stops the service when this pipe closes
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    service = Service(name, url, process, log_path)
+    _running[url] = service
+    return service
+
+
+def _ray_temp_dir(data_dir: Path) -> Path:
+    """`data_dir/tmp` when its socket paths fit, else a short directory under /tmp."""
+    wanted = data_dir.resolve() / "tmp"
+    if len(str(wanted)) <= _MAX_RAY_TEMP_DIR:
+        wanted.mkdir(parents=True, exist_ok=True)
+        return wanted
+    return Path(tempfile.mkdtemp(prefix="mlplane-ray-"))
+
+
+def start_local_ray(
+    data_dir: Path,
+    num_cpus: int = 4,
+    object_store_mb: int = 400,
+    timeout: float = 180.0,
+) -> str:
+    """Start a local Ray head bound to 127.0.0.1; return its dashboard (Jobs API) address.
+
+    The CPU count and object store are explicit so the head never claims the whole machine, and
+    every port is picked free, so it can run beside another Ray cluster (the defaults collide).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    dashboard_port = free_port()
+    url = f"http://{LOCALHOST}:{dashboard_port}"
+    argv = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--disable-usage-stats",
+        f"--node-ip-address={LOCALHOST}",
+        f"--port={free_port()}",
+        "--include-dashboard=true",
+        f"--dashboard-host={LOCALHOST}",
+        f"--dashboard-port={dashboard_port}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        f"--object-store-memory={object_store_mb * 1024 * 1024}",
+        f"--temp-dir={_ray_temp_dir(data_dir)}",
+    ]
+    env = _venv_env(
+        # Ray's own processes look the cluster up by "auto" in places (the state API), which
+        # fails once a second local cluster runs; point them at this one.
+        RAY_API_SERVER_ADDRESS=url,
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+        # Ray Train V2 otherwise waits ~2 s per report for its health check.
+        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
+    )
+    service = _spawn("ray head", url, argv, env, data_dir / "ray-head.log")
+    _wait_http(f"{url}/api/version", service, timeout)
+    _wait_http(f"{url}/api/jobs/", service, timeout)
+    return url
+
+
+def start_local_mlflow(data_dir: Path, timeout: float = 120.0) -> str:
+    """Start an MLflow tracking server on SQLite with served artifacts; return its URI.
+
+    Artifacts are served through the server (`--serve-artifacts`), so training code on any Ray
+    worker logs models over HTTP without sharing a filesystem with the server.
+    """
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://{LOCALHOST}:{port}"
+    argv = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        f"--backend-store-uri=sqlite:///{data_dir / 'mlflow.db'}",
+        f"--artifacts-destination={data_dir / 'artifacts'}",
+        "--serve-artifacts",
+        f"--host={LOCALHOST}",
+        f"--port={port}",
+        "--workers=1",
+    ]
+    env = _venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    service = _spawn("mlflow server", url, argv, env, data_dir / "mlflow-server.log")
+    _wait_http(f"{url}/health", service, timeout)
+    return url
+
+
+def stop(url: str) -> None:
+    """Stop the service started at `url` (a no-op if it is already gone)."""
+    service = _running.get(url)
+    if service:
+        service.stop()
+
+
+def _supervise(argv: list[str]) -> int:
+    """Run `argv`, hold its process group until our stdin reaches EOF, then stop the group.
+
+    EOF comes from `Service.stop()` or from the parent's death (the kernel closes its end of the
+    pipe), which is what makes the embedded services share the fate of the process that started
+    them. A service may stay in the foreground (MLflow) or start daemons and exit 0 (`ray start`);
+    a non-zero exit before the stop is a failure and ends the supervisor with that code.
+    """
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    stopping = threading.Event()
+
+    def exit_on_failure() -> None:
+        code = child.wait()
+        if code != 0 and not stopping.is_set():
+            os._exit(code)
+
+    threading.Thread(target=exit_on_failure, daemon=True).start()
+    sys.stdin.buffer.read()
+    stopping.set()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM is for the service
+    os.killpg(0, signal.SIGTERM)
+    deadline = time.monotonic() + _GRACE_SECONDS
+    while _group_members(os.getpgid(0)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(0, signal.SIGKILL)  # whatever is left, and this supervisor
+    return 0
+
+
+def _group_members(pgid: int) -> int:
+    """Live processes in process group `pgid` (Linux /proc; elsewhere 2, i.e. wait it out)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return 2
+    count = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            count += 1
+    return count
+
+
+if __name__ == "__main__":
+    sys.exit(_supervise(sys.argv[1:]))
