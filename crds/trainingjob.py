@@ -31,7 +31,7 @@ ALIAS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 class Split(ApiModel):
     """How the rows are divided into train, validation and the held-out test split."""
 
-    validation: float = Field(default=0.2, ge=0, lt=1)
+    validation: float = Field(default=0.2, gt=0, lt=1)
     """Share of rows for validation (early stopping, checkpoints)."""
     test: float = Field(default=0.1, ge=0, lt=1)
     """Share of rows held out for the final evaluation and the gates."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from mlplane.operator.cluster.cli import app as cluster_app
 
 app = typer.Typer(
@@ -45,3 +46,57 @@ def crds() -> None:
     from mlplane.crds.generate import all_crds_yaml
 
     typer.echo(all_crds_yaml(), nl=False)
+
+
+@app.command()
+def run(
+    path: Annotated[Path, typer.Argument(help="A TrainingJob manifest.", exists=True)],
+) -> None:
+    """Run a manifest locally on the embedded default (local Ray, local MLflow), no cluster."""
+    from rich.console import Console
+
+    from mlplane.crds.validation import validate_files
+    from mlplane.operator.config import OperatorConfig
+    from mlplane.operator.run import run_file, status_yaml
+
+    problems = validate_files([path])
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+    if problems:
+        raise typer.Exit(1)
+    job = run_file(path, OperatorConfig.load(), Console())
+    typer.echo(status_yaml(job))
+    if job.status is None or job.status.phase != "Succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def operator(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch only these namespaces.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Operator configuration YAML.")] = None,
+    liveness: Annotated[
+        str | None,
+        typer.Option(help="Serve kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz"),
+    ] = None,
+) -> None:
+    """Run the operator against the cluster in KUBECONFIG (or in-cluster)."""
+    import asyncio
+
+    import kopf
+
+    from mlplane.operator.config import OperatorConfig
+    from mlplane.operator.handlers import build_registry
+
+    settings = OperatorConfig.load(config)
+    registry = build_registry(settings)
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=not namespace,
+            namespaces=namespace or (),
+            liveness_endpoint=liveness,
+        )
+    )

@@ -36,6 +36,8 @@ class OperatorConfig(BaseSettings):
     """Checkpoints, and the embedded Ray and MLflow state."""
     local_ray_cpus: int = 4
     """Logical CPUs of the embedded Ray head."""
+    serve_http_port: int = 8000
+    """Serve's HTTP proxy port, when the operator is the one that starts Serve."""
     observe_interval_seconds: float = 5.0
     """How often each active resource is observed (Ray status, MLflow metrics)."""
     node_pools: list[NodePool] = Field(default_factory=list)

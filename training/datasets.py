@@ -113,11 +113,6 @@ def split_table(table: pd.DataFrame, label: str, split: Split, task: Task) -> Sp
     stratified keeps the class ratios (random for regression), time puts the latest rows in test
     and the next latest in validation, group keeps every group inside one split.
     """
-    if split.validation <= 0:
-        raise ValueError(
-            "dataset.split.validation: must be above 0; the validation split drives early "
-            "stopping, checkpoint ranking and the overfitting gap"
-        )
     if split.strategy == "time":
         return _split_by_time(table, split)
     if split.strategy == "group":

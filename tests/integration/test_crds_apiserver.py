@@ -13,7 +13,24 @@ from mlplane.crds import KINDS
 
 pytestmark = pytest.mark.cluster
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+EXAMPLE_DIR = Path(__file__).parents[2] / "examples"
+EXAMPLES = sorted(EXAMPLE_DIR.glob("*.yaml"))
+# Named one by one, so a new example cannot slip in untested.
+EXAMPLE_NAMES = [
+    "modeldeployment-canary.yaml",
+    "modeldeployment-ray.yaml",
+    "modeldeployment-sagemaker.yaml",
+    "trainingjob-custom.yaml",
+    "trainingjob-torch.yaml",
+    "trainingjob-xgboost.yaml",
+    "tuningsweep-xgboost.yaml",
+]
+
+
+def test_every_example_is_listed() -> None:
+    assert [p.name for p in EXAMPLES] == EXAMPLE_NAMES
+
+
 GROUP, VERSION = "mlplane.dev", "v1alpha1"
 
 
