@@ -8,7 +8,13 @@ from pathlib import Path
 
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from mlplane.crds.trainingjob import TrainingJob
 from mlplane.operator.config import OperatorConfig
@@ -26,7 +32,8 @@ def run_training_job(
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("epoch"),
+        MofNCompleteColumn(),
         TextColumn("{task.fields[metric]}"),
         TimeRemainingColumn(),
     )
