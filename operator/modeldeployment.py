@@ -211,35 +211,20 @@ class ModelDeploymentReconciler:
         serving = state.status == "RUNNING" or state.ready_replicas > 0
         if serving:
             self._observe_serving(step, deployment, state)
-            self._conditions(
-                step,
-                deployment,
-                True,
-                "Serving",
-                "serving the previous model",
-                progressing=pending,
-                progress_reason=reason,
-                progress_message=str(problem),
-            )
-            if pending:
-                step.phase("Progressing", reason, str(problem))
-            else:
-                step.phase("Degraded", reason, str(problem), warning=True)
-            return
         self._conditions(
             step,
             deployment,
-            False,
-            reason,
-            str(problem),
+            serving,
+            "Serving" if serving else reason,
+            "serving the previous model" if serving else str(problem),
             progressing=pending,
             progress_reason=reason,
             progress_message=str(problem),
         )
         if pending:
-            step.phase("Deploying", reason, str(problem))
+            step.phase("Progressing" if serving else "Deploying", reason, str(problem))
         else:
-            step.phase("Failed", reason, str(problem), warning=True)
+            step.phase("Degraded" if serving else "Failed", reason, str(problem), warning=True)
 
     # -- the canary state machine --------------------------------------------------------------
 

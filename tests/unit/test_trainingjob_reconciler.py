@@ -27,12 +27,6 @@ class QueueEverything(AdmitAll):
         return Decision(False, decision.queue.model_copy(update={"position": 1}), "no GPUs free")
 
 
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory: pytest.TempPathFactory) -> Tracking:
-    # One database for the module: creating one runs MLflow's migrations, which takes seconds.
-    return Tracking(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
-
-
 @pytest.fixture
 def parts(tmp_path: Path, tracking: Tracking):
     backend = InMemoryJobs()

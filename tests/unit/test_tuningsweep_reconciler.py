@@ -19,11 +19,6 @@ from mlplane.operator.tuningsweep import INTERRUPTION_RETRIES, TuningSweepReconc
 EXAMPLE = Path(__file__).parents[2] / "examples" / "tuningsweep-xgboost.yaml"
 
 
-@pytest.fixture(scope="module")
-def tracking(tmp_path_factory: pytest.TempPathFactory) -> Tracking:
-    return Tracking(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
-
-
 @pytest.fixture
 def parts(tmp_path: Path, tracking: Tracking):
     backend = InMemoryJobs()
