@@ -41,6 +41,9 @@ class OperatorConfig(BaseSettings):
     observe_interval_seconds: float = 5.0
     """How often each active resource is observed (Ray status, MLflow metrics)."""
     node_pools: list[NodePool] = Field(default_factory=list)
+    gpu_quotas: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """GPUs each namespace may hold per node pool ({namespace: {pool: gpus}}; unlisted: no
+    limit), for the GPU ledger's admission (mlplane.operator.quota)."""
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> OperatorConfig:
