@@ -2,24 +2,52 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlplane.operator.cluster import nodepools
+
+DEFAULT_RAY_IMAGE = f"ghcr.io/mlplane/mlplane:{importlib.metadata.version('mlplane')}"
 
 
 class NodePool(BaseModel):
     """A group of nodes work can be placed on, and how to reach it."""
 
     name: str
+    """What `spec.resources.nodePool` names."""
     node_selector: dict[str, str] = Field(default_factory=dict)
+    """The pod nodeSelector that lands a pod on the pool's nodes."""
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    """Pod tolerations for the pool's taints (GPU nodes are usually tainted)."""
     gpu_resource: str = "nvidia.com/gpu"
+    """The extended resource a GPU is requested as."""
     gpu_product: str | None = None
+    """The GPU model (the `nvidia.com/gpu.product` node label), for people reading the config."""
     gpus_per_node: int = 0
+    """GPUs on each node; 0 for a CPU pool."""
     nodes: int = 0
+    """Nodes in the pool; with gpus_per_node, the pool's GPU capacity. 0: capacity unknown."""
+
+    @classmethod
+    def from_file(cls, path: Path) -> list[NodePool]:
+        """The pools of a node-pool file in the format of operator/cluster/nodepools.yaml."""
+        pools = nodepools.load(path)
+        return [
+            cls(
+                name=pool.name,
+                node_selector=pools.node_selector(pool),
+                tolerations=pools.tolerations(pool),
+                gpu_product=pool.gpu.product if pool.gpu else None,
+                gpus_per_node=pool.gpu.count if pool.gpu else 0,
+                nodes=pool.nodes,
+            )
+            for pool in pools.pools
+        ]
 
 
 class OperatorConfig(BaseSettings):
@@ -41,9 +69,29 @@ class OperatorConfig(BaseSettings):
     observe_interval_seconds: float = 5.0
     """How often each active resource is observed (Ray status, MLflow metrics)."""
     node_pools: list[NodePool] = Field(default_factory=list)
+    """Node pools work can be placed on (spec.resources.nodePool)."""
+    node_pools_file: Path | None = None
+    """More node pools, from a file in the format of operator/cluster/nodepools.yaml (the local
+    cluster's kwok pools); added to node_pools."""
     gpu_quotas: dict[str, dict[str, int]] = Field(default_factory=dict)
     """GPUs each namespace may hold per node pool ({namespace: {pool: gpus}}; unlisted: no
     limit), for the GPU ledger's admission (mlplane.operator.quota)."""
+    ray_image: str = DEFAULT_RAY_IMAGE
+    """kuberay backend: the image of every Ray head and worker pod; it must have Ray and mlplane
+    (the runner). Default: the mlplane image of this version."""
+    head_node_pool: str | None = None
+    """kuberay backend: the pool Ray head pods run on. Unset: the first pool without GPUs."""
+    checkpoint_storage: str | None = None
+    """Where runs keep checkpoints: a path every Ray worker sees (s3://bucket/prefix with the
+    kuberay backend). Unset: <data_dir>/checkpoints, right when Ray runs beside the operator."""
+
+    @model_validator(mode="after")
+    def _pools_from_file(self) -> OperatorConfig:
+        if self.node_pools_file:
+            known = {p.name for p in self.node_pools}
+            extra = NodePool.from_file(self.node_pools_file)
+            self.node_pools = self.node_pools + [p for p in extra if p.name not in known]
+        return self
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> OperatorConfig:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from mlplane.crds.base import MlflowRef, RayRef, RunStatus
+from mlplane.crds.base import MlflowRef, Queue, RayRef, RunStatus
 from mlplane.crds.trainingjob import ResourceRequest, TrainingJobSpec
-from mlplane.operator.admission import Admission, Work
-from mlplane.operator.backends.base import JobState, Launch, Owner, TrainingBackend
+from mlplane.operator.admission import Admission, Decision, Work
+from mlplane.operator.backends.base import AttemptRef, JobState, Launch, Owner, TrainingBackend
 from mlplane.operator.config import OperatorConfig
-from mlplane.operator.status import TERMINAL_PHASES, Event, now, set_condition
+from mlplane.operator.status import TERMINAL_PHASES, Event, condition, now, set_condition
 from mlplane.operator.tracking import MetricsFeed, RunSnapshot, Tracking
 
 S = TypeVar("S", bound=RunStatus)
@@ -173,14 +173,16 @@ class RunReconciler(ABC, Generic[S]):
         if step.status.phase in TERMINAL_PHASES:
             return step
         if step.status.phase is None:
-            problems = self.problems(resource)
+            problems = self.problems(resource) + self._queue_problems(resource)
             if problems:
                 self._fail(step, resource, "InvalidSpec", "; ".join(problems))
                 return step
             step.phase("Pending", "Pending", "validated; waiting for admission")
-        if step.status.phase in ("Pending", "Queued"):
+        launched = bool(step.status.ray and step.status.ray.submission_id)
+        if step.status.phase in ("Pending", "Queued") and not launched:
             self._admit_and_launch(step, resource)
-        if step.status.phase in ("Starting", "Running"):
+        # Queued after the launch: the child waits, suspended, for Kueue to admit it.
+        if step.status.phase in ("Starting", "Running", "Queued") and step.status.ray:
             self._observe(step, resource)
         return step
 
@@ -188,8 +190,18 @@ class RunReconciler(ABC, Generic[S]):
         """Stop the running attempt and give back its quota; safe to call twice."""
         status = resource.status or self.new_status()
         if status.phase not in TERMINAL_PHASES and status.ray and status.ray.submission_id:
-            self.backend.stop(status.ray.submission_id)
+            self.backend.stop(self.attempt_ref(resource, status.attempts))
         self._let_go(resource, status)
+
+    def owner(self, resource: Any) -> Owner:
+        meta = resource.metadata
+        return Owner(resource.api_version, resource.kind, meta.name, meta.namespace or "", meta.uid)
+
+    def attempt_ref(self, resource: Any, attempt: int) -> AttemptRef:
+        """How the backend finds attempt `attempt` of `resource` again."""
+        return AttemptRef(
+            submission_id(resource.metadata.uid or "", attempt), self.owner(resource), attempt
+        )
 
     def work(self, resource: Any) -> Work:
         pool, gpus = self.gpus(resource)
@@ -213,7 +225,8 @@ class RunReconciler(ABC, Generic[S]):
             "uid": uid,
             "attempt": attempt,
             "mlflowTrackingUri": self.tracking.tracking_uri,
-            "storagePath": str(self.config.data_dir / "checkpoints"),
+            "storagePath": self.config.checkpoint_storage
+            or str(self.config.data_dir / "checkpoints"),
             "experiment": self.experiment(resource),
         }
         entrypoint = (
@@ -224,7 +237,7 @@ class RunReconciler(ABC, Generic[S]):
         return Launch(
             submission_id=submission_id(uid, attempt),
             entrypoint=entrypoint,
-            owner=Owner(resource.api_version, resource.kind, meta.name, meta.namespace or "", uid),
+            owner=self.owner(resource),
             attempt=attempt,
             resources=self.launch_resources(resource),
             runtime_env=runtime_env(training),
@@ -233,10 +246,30 @@ class RunReconciler(ABC, Generic[S]):
             queue_name=resource.spec.queue_name,
         )
 
+    def _queue_problems(self, resource: Any) -> list[str]:
+        if resource.spec.queue_name and self.backend.name != "kuberay":
+            return [
+                "spec.queueName: Kueue admits RayJobs; this operator runs the "
+                f"{self.backend.name!r} backend, not 'kuberay'"
+            ]
+        return []
+
+    def _decide(self, resource: Any) -> Decision:
+        """mlplane's GPU ledger decides, unless the resource names a Kueue LocalQueue."""
+        queue_name = resource.spec.queue_name
+        if not queue_name:
+            return self.admission.admit(self.work(resource))
+        pool, gpus = self.gpus(resource)
+        return Decision(
+            True,
+            Queue(pool=pool, gpus=gpus, position=0, name=queue_name),
+            f"handed to Kueue LocalQueue {queue_name}: the RayJob starts when Kueue admits it",
+        )
+
     def _admit_and_launch(self, step: Step[S], resource: Any) -> None:
         status = step.status
         generation = resource.metadata.generation
-        decision = self.admission.admit(self.work(resource))
+        decision = self._decide(resource)
         status.queue = decision.queue
         if not decision.admitted:
             status.conditions = set_condition(
@@ -244,8 +277,14 @@ class RunReconciler(ABC, Generic[S]):
             )
             step.phase("Queued", "Queued", decision.message)
             return
+        reason = "HandedToKueue" if decision.queue.name else "Admitted"
         status.conditions = set_condition(
-            status.conditions, "Admitted", "True", "Admitted", decision.message, generation
+            status.conditions,
+            "Admitted",
+            "Unknown" if decision.queue.name else "True",
+            reason,
+            decision.message,
+            generation,
         )
         meta = resource.metadata
         status.mlflow = self.tracking.ensure_run(
@@ -265,19 +304,20 @@ class RunReconciler(ABC, Generic[S]):
     def _launch(self, step: Step[S], resource: Any) -> None:
         status = step.status
         launch = self.launch_for(resource, status.attempts)
-        self.backend.submit(launch)
+        child = self.backend.submit(launch)
         sid = launch.submission_id
         status.ray = RayRef(
             backend=self.backend.name,
             submission_id=sid,
-            dashboard_url=self.backend.dashboard_url(sid),
+            dashboard_url=self.backend.dashboard_url(launch.ref),
+            ray_job=child,
         )
         step.phase("Starting", "Launched", f"attempt {status.attempts} submitted as {sid}")
 
     def _observe(self, step: Step[S], resource: Any) -> None:
         status = step.status
-        assert status.ray and status.ray.submission_id
-        state = self.backend.state(status.ray.submission_id)
+        ref = self.attempt_ref(resource, status.attempts)
+        state = self.backend.state(ref)
         snapshot = self.feed.get(status.mlflow) if status.mlflow and status.mlflow.run_id else None
         if snapshot:
             self.mirror(status, snapshot)
@@ -285,8 +325,10 @@ class RunReconciler(ABC, Generic[S]):
         deadline = resource.spec.active_deadline_seconds
         elapsed = (now() - status.start_time).total_seconds() if status.start_time else 0
         if deadline and elapsed > deadline:
-            self.backend.stop(status.ray.submission_id)
+            self.backend.stop(ref)
             self._fail(step, resource, "DeadlineExceeded", f"ran longer than {deadline}s")
+        elif state.status == "PENDING":
+            self._not_started(step, resource, state)
         elif state.status == "RUNNING":
             status.conditions = set_condition(
                 status.conditions, "Running", "True", "Running", f"attempt {status.attempts}"
@@ -296,6 +338,38 @@ class RunReconciler(ABC, Generic[S]):
             self._finish(step, resource)
         elif state.status in ("FAILED", "STOPPED", "MISSING"):
             self._attempt_failed(step, resource, state, snapshot)
+
+    def _not_started(self, step: Step[S], resource: Any, state: JobState) -> None:
+        """A launched attempt not running yet: suspended for Kueue, starting, or stuck (an image
+        that cannot be pulled, pods a ResourceQuota forbids), said on the Running condition."""
+        status = step.status
+        generation = resource.metadata.generation
+        queue_name = resource.spec.queue_name
+        if state.reason == "Suspended":
+            message = f"waiting for Kueue LocalQueue {queue_name} to admit the RayJob"
+            status.conditions = set_condition(
+                status.conditions, "Admitted", "Unknown", "HandedToKueue", message, generation
+            )
+            step.phase("Queued", "WaitingForKueue", message)
+            return
+        admitted = condition(status.conditions, "Admitted")
+        if admitted and admitted.status == "Unknown":
+            status.conditions = set_condition(
+                status.conditions, "Admitted", "True", "KueueAdmitted", "Kueue admitted the RayJob"
+            )
+            status.start_time = now()  # GPU time and the deadline count from Kueue's admission
+        running = condition(status.conditions, "Running")
+        if state.reason:
+            if not running or running.reason != state.reason:
+                step.events.append(Event("Warning", state.reason, state.message))
+            status.conditions = set_condition(
+                status.conditions, "Running", "False", state.reason, state.message, generation
+            )
+        elif running and running.status == "False":
+            status.conditions = set_condition(
+                status.conditions, "Running", "False", "Starting", state.message, generation
+            )
+        step.phase("Starting", "Starting", f"attempt {status.attempts}: {state.message}")
 
     def _finish(self, step: Step[S], resource: Any) -> None:
         status = step.status
@@ -323,9 +397,9 @@ class RunReconciler(ABC, Generic[S]):
         self, step: Step[S], resource: Any, state: JobState, run: RunSnapshot | None
     ) -> None:
         status = step.status
-        assert status.ray and status.ray.submission_id
+        ref = self.attempt_ref(resource, status.attempts)
         error = (run.tags.get("mlplane.error") if run else None) or last_error_line(
-            self.backend.logs_tail(status.ray.submission_id)
+            self.backend.logs_tail(ref)
         )
         reason = error or state.message or f"Ray job {state.status.lower()}"
         if state.reason == "DeadlineExceeded":
@@ -339,7 +413,7 @@ class RunReconciler(ABC, Generic[S]):
             status.attempts += 1
             self._launch(step, resource)
             return
-        logs = self.backend.logs_tail(status.ray.submission_id, lines=10)
+        logs = self.backend.logs_tail(ref, lines=10)
         message = f"attempt {status.attempts} of {retries + 1} failed: {reason}"
         if logs:
             message += f"\nlast log lines:\n{logs}"

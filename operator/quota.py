@@ -1,9 +1,10 @@
 """The GPU ledger: which work holds GPUs in which pool, and who waits in what order.
 
-It holds no state that cannot be rebuilt: at start the operator replays every TrainingJob and
-TuningSweep status into it (`rebuild`), so a restart neither admits twice nor counts a GPU twice.
-Between restarts it is the single writer of admissions, updated synchronously on each decision, so
-two timers running at once never both take the last GPUs.
+It holds no state that cannot be rebuilt: before its first decision the operator replays every
+TrainingJob and TuningSweep status into it (`rebuild`, or lazily from `observed`), so a restart
+neither admits twice nor counts a GPU twice. Between restarts it is the single writer of
+admissions, updated synchronously on each decision, so two timers running at once never both take
+the last GPUs.
 
 Order is FIFO within priority (higher first), per namespace and pool: work never overtakes earlier
 work that waits for the same namespace's quota in the same pool, as in Kueue's StrictFIFO.
@@ -11,15 +12,29 @@ work that waits for the same namespace's quota in the same pool, as in Kueue's S
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
+
 from mlplane.crds.base import Queue
 from mlplane.operator.admission import Decision, Work
+from mlplane.operator.config import OperatorConfig
+
+log = logging.getLogger(__name__)
 
 HOLDING_PHASES = frozenset({"Starting", "Running"})
 WAITING_PHASES = frozenset({"Pending", "Queued"})
+NAMESPACE_GPU_QUOTA = "requests.nvidia.com/gpu"
+"""The ResourceQuota key that limits a namespace's GPUs (extended resources have no limits.*)."""
+
+Observed = Iterable[tuple[Work, str | None]]
+"""(work, status.phase) of every TrainingJob and TuningSweep mlplane admits."""
 
 
 @dataclass(frozen=True)
@@ -37,25 +52,39 @@ class Limits:
 class GpuLedger:
     """Admission by GPU quota, FIFO within priority, with a visible queue position."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, observed: Callable[[], Observed] | None = None) -> None:
+        """`observed` is replayed (`rebuild`) before the first decision, release or read: the
+        operator passes what its watch listed at start, complete before any handler runs."""
         self.limits = limits
         self._held: dict[str, Work] = {}
         self._waiting: dict[str, Work] = {}
         self._lock = threading.Lock()
+        self._observed = observed
 
-    def rebuild(self, observed: Iterable[tuple[Work, str | None]]) -> None:
+    def rebuild(self, observed: Observed) -> None:
         """Start over from statuses: (work, phase) of every TrainingJob and TuningSweep."""
         with self._lock:
-            self._held.clear()
-            self._waiting.clear()
-            for work, phase in observed:
-                if phase in HOLDING_PHASES:
-                    self._held[work.uid] = work
-                elif phase in WAITING_PHASES or phase is None:
-                    self._waiting[work.uid] = work
+            self._observed = None
+            self._replay(observed)
+
+    def _replay(self, observed: Observed) -> None:
+        self._held.clear()
+        self._waiting.clear()
+        for work, phase in observed:
+            if phase in HOLDING_PHASES:
+                self._held[work.uid] = work
+            elif phase in WAITING_PHASES or phase is None:
+                self._waiting[work.uid] = work
+
+    def _ready(self) -> None:
+        """Replay `observed` once, under the lock, before anything reads or changes the ledger."""
+        if self._observed is not None:
+            observed, self._observed = self._observed, None
+            self._replay(observed())
 
     def admit(self, work: Work) -> Decision:
         with self._lock:
+            self._ready()
             if work.uid in self._held:
                 return self._admitted(work)
             self._waiting[work.uid] = work
@@ -75,15 +104,18 @@ class GpuLedger:
 
     def release(self, uid: str) -> None:
         with self._lock:
+            self._ready()
             self._held.pop(uid, None)
             self._waiting.pop(uid, None)
 
     def held(self, pool: str, namespace: str | None = None) -> int:
         with self._lock:
+            self._ready()
             return self._sum(pool, namespace)
 
     def waiting(self) -> list[Work]:
         with self._lock:
+            self._ready()
             return sorted(self._waiting.values(), key=_order)
 
     def _admitted(self, work: Work) -> Decision:
@@ -134,3 +166,63 @@ def _describe(namespace: str | None, pool: str | None, used: int, limit: int) ->
     if namespace:
         return f"{namespace} uses {used} of its ResourceQuota of {limit} GPUs"
     return f"pool {pool} has {limit - used} of {limit} GPUs free"
+
+
+def config_limits(config: OperatorConfig, namespace_quota: Callable[[str], int | None]) -> Limits:
+    """The ledger's limits: pool capacity and per-namespace quotas from the operator's
+    configuration, the namespace's ResourceQuota from `namespace_quota`."""
+
+    def pool_capacity(name: str) -> int | None:
+        pool = config.pool(name)
+        return pool.gpus_per_node * pool.nodes if pool and pool.nodes else None
+
+    return Limits(
+        pool_capacity=pool_capacity,
+        namespace_pool_quota=lambda namespace, pool: config.gpu_quotas.get(namespace, {}).get(pool),
+        namespace_quota=namespace_quota,
+    )
+
+
+class ResourceQuotaGpus:
+    """A namespace's GPU ResourceQuota (the tightest `requests.nvidia.com/gpu`), read from the API.
+
+    The ledger compares it with the GPUs it admitted, not with the quota's `used`: admitted work
+    holds its GPUs from admission, before its pods exist. Each namespace is read at most once per
+    `max_age_seconds`, so a queue of a thousand jobs costs one read per interval, not a thousand.
+    """
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        max_age_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.max_age = max_age_seconds
+        self.clock = clock
+        self._read: dict[str, tuple[float, int | None]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, namespace: str) -> int | None:
+        with self._lock:
+            cached = self._read.get(namespace)
+            if cached and self.clock() - cached[0] < self.max_age:
+                return cached[1]
+            limit = self._limit(namespace)
+            self._read[namespace] = (self.clock(), limit)
+            return limit
+
+    def _limit(self, namespace: str) -> int | None:
+        try:
+            quotas = self.core.list_namespaced_resource_quota(namespace).items
+        except ApiException as error:
+            if error.status != 403:
+                raise
+            log.warning("cannot read ResourceQuotas in %s: %s", namespace, error.reason)
+            return None
+        hard = [
+            int(parse_quantity(q.spec.hard[NAMESPACE_GPU_QUOTA]))
+            for q in quotas
+            if q.spec and q.spec.hard and NAMESPACE_GPU_QUOTA in q.spec.hard
+        ]
+        return min(hard) if hard else None

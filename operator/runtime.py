@@ -5,12 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kubernetes import client
+
 from mlplane.operator import embedded
 from mlplane.operator.admission import Admission, AdmitAll
+from mlplane.operator.backends.base import TrainingBackend
+from mlplane.operator.backends.kuberay import RAY_POOL_LABEL, KubeRayBackend, placements
 from mlplane.operator.backends.ray import RayJobsBackend
-from mlplane.operator.backends.serve import ServeRestBackend
+from mlplane.operator.backends.rayservice import RayServiceBackend
+from mlplane.operator.backends.serve import ServeRestBackend, ServingBackend
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.modeldeployment import MlflowModelResolver, ModelDeploymentReconciler
+from mlplane.operator.quota import GpuLedger, Observed, ResourceQuotaGpus, config_limits
 from mlplane.operator.tracking import MetricsFeed, Tracking
 from mlplane.operator.trainingjob import TrainingJobReconciler
 from mlplane.operator.tuningsweep import TuningSweepReconciler
@@ -33,19 +39,39 @@ class Runtime:
 
     @classmethod
     def start(
-        cls, config: OperatorConfig, job_models: JobModels = lambda ns, name: None
+        cls,
+        config: OperatorConfig,
+        job_models: JobModels = lambda ns, name: None,
+        kube: client.ApiClient | None = None,
+        observed_runs: Callable[[], Observed] | None = None,
     ) -> Runtime:
-        """Connect to Ray and MLflow, starting local ones where none is configured."""
-        ray_address = config.ray_address or embedded.start_local_ray(
-            config.data_dir / "ray", num_cpus=config.local_ray_cpus
-        )
+        """Connect to Ray (or KubeRay) and MLflow, starting local ones where none is configured.
+
+        With `kube` (the operator), work is admitted by the GPU ledger, rebuilt from
+        `observed_runs` before its first decision; without (`mlplane run`), all work starts.
+        """
         mlflow_uri = config.mlflow_tracking_uri or embedded.start_local_mlflow(
             config.data_dir / "mlflow"
         )
         tracking = Tracking(mlflow_uri)
         feed = MetricsFeed(tracking, max_age_seconds=config.observe_interval_seconds)
-        admission = AdmitAll()
-        backend = RayJobsBackend(ray_address)
+        admission: Admission = AdmitAll()
+        if kube is not None:
+            quota = ResourceQuotaGpus(kube, max_age_seconds=config.observe_interval_seconds)
+            admission = GpuLedger(config_limits(config, quota), observed=observed_runs)
+        backend: TrainingBackend
+        serving: ServingBackend
+        if config.backend == "kuberay":
+            if kube is None:
+                raise ValueError("the kuberay backend needs a Kubernetes API client")
+            placement = placements(config)
+            backend, serving = KubeRayBackend(kube, placement), RayServiceBackend(kube, placement)
+        else:
+            ray_address = config.ray_address or embedded.start_local_ray(
+                config.data_dir / "ray", num_cpus=config.local_ray_cpus
+            )
+            backend = RayJobsBackend(ray_address)
+            serving = ServeRestBackend(ray_address, http_port=config.serve_http_port)
         parts = (config, backend, tracking, feed, admission)
         return cls(
             config=config,
@@ -55,9 +81,11 @@ class Runtime:
             training=TrainingJobReconciler(*parts),
             tuning=TuningSweepReconciler(*parts),
             serving=ModelDeploymentReconciler(
-                ServeRestBackend(ray_address, http_port=config.serve_http_port),
+                serving,
                 MlflowModelResolver(mlflow_uri),
                 job_models=job_models,
                 env={"MLFLOW_TRACKING_URI": mlflow_uri},
+                # Replicas select their pool by the Ray node label KubeRay workers carry.
+                node_pool_label=RAY_POOL_LABEL if config.backend == "kuberay" else None,
             ),
         )

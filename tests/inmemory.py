@@ -5,7 +5,7 @@ They implement the backend protocols, not Ray's API: integration and e2e tests u
 
 from dataclasses import dataclass, field
 
-from mlplane.operator.backends.base import JobState, Launch
+from mlplane.operator.backends.base import AttemptRef, JobState, Launch
 
 
 @dataclass
@@ -15,6 +15,8 @@ class InMemoryJobs:
     submissions: list[Launch] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     logs: str = ""
+    details: dict[str, JobState] = field(default_factory=dict)
+    """A full JobState (with reason and message) for a submission, instead of its bare status."""
 
     def submit(self, launch: Launch) -> None:
         if launch.submission_id in self.jobs:
@@ -22,16 +24,18 @@ class InMemoryJobs:
         self.jobs[launch.submission_id] = "PENDING"
         self.submissions.append(launch)
 
-    def state(self, submission_id: str) -> JobState:
-        return JobState(self.jobs.get(submission_id, "MISSING"))  # type: ignore[arg-type]
+    def state(self, ref: AttemptRef) -> JobState:
+        if ref.submission_id in self.details:
+            return self.details[ref.submission_id]
+        return JobState(self.jobs.get(ref.submission_id, "MISSING"))  # type: ignore[arg-type]
 
-    def logs_tail(self, submission_id: str, lines: int = 20) -> str:
+    def logs_tail(self, ref: AttemptRef, lines: int = 20) -> str:
         return self.logs
 
-    def stop(self, submission_id: str) -> None:
-        if self.jobs.get(submission_id) in ("PENDING", "RUNNING"):
-            self.jobs[submission_id] = "STOPPED"
-            self.stopped.append(submission_id)
+    def stop(self, ref: AttemptRef) -> None:
+        if self.jobs.get(ref.submission_id) in ("PENDING", "RUNNING"):
+            self.jobs[ref.submission_id] = "STOPPED"
+            self.stopped.append(ref.submission_id)
 
-    def dashboard_url(self, submission_id: str) -> str:
-        return f"memory://{submission_id}"
+    def dashboard_url(self, ref: AttemptRef) -> str:
+        return f"memory://{ref.submission_id}"

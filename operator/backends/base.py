@@ -32,6 +32,16 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class AttemptRef:
+    """One launched attempt, as the reconciler names it to the backend after the launch: the
+    submission id finds a Ray job, the owner and attempt find a Kubernetes child (RayJob)."""
+
+    submission_id: str
+    owner: Owner
+    attempt: int
+
+
+@dataclass(frozen=True)
 class Launch:
     """One attempt of a run: everything a backend needs to start it, nothing backend-specific."""
 
@@ -46,20 +56,25 @@ class Launch:
     queue_name: str | None = None
     """A Kueue LocalQueue: the child is created suspended and labelled for Kueue."""
 
+    @property
+    def ref(self) -> AttemptRef:
+        return AttemptRef(self.submission_id, self.owner, self.attempt)
+
 
 class TrainingBackend(Protocol):
     name: str
 
-    def submit(self, launch: Launch) -> None:
-        """Start the attempt; submitting an id that already exists is not an error."""
+    def submit(self, launch: Launch) -> str | None:
+        """Start the attempt; submitting an id that already exists is not an error. Returns the
+        Kubernetes object the attempt runs as, when the backend creates one (a RayJob)."""
         ...
 
-    def state(self, submission_id: str) -> JobState: ...
+    def state(self, ref: AttemptRef) -> JobState: ...
 
-    def logs_tail(self, submission_id: str, lines: int = 20) -> str: ...
+    def logs_tail(self, ref: AttemptRef, lines: int = 20) -> str: ...
 
-    def stop(self, submission_id: str) -> None:
+    def stop(self, ref: AttemptRef) -> None:
         """Stop the attempt if it still runs; stopping a finished or unknown job is a no-op."""
         ...
 
-    def dashboard_url(self, submission_id: str) -> str | None: ...
+    def dashboard_url(self, ref: AttemptRef) -> str | None: ...

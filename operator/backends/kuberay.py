@@ -1,7 +1,15 @@
 """The `kuberay` backend: each attempt is a `ray.io/v1` RayJob owned by the resource.
 
 `render_rayjob` is a pure function (spec in, dict out) so what lands on the cluster is unit-tested
-without one; `KubeRayBackend` only creates, reads and deletes the objects it renders.
+without one; `KubeRayBackend` only creates, reads and deletes the objects it renders. The RayJob of
+an attempt is found again by name (`<resource>-a<attempt>`, readable in `kubectl get rayjobs`), and
+its `mlplane.dev/submission-id` label tells it apart from a same-named RayJob a deleted resource
+left behind.
+
+KubeRay reports a RayJob that cannot start as `Initializing` for as long as it cannot start: the
+reason (an image that cannot be pulled, a pod the namespace's ResourceQuota forbids) sits in the
+RayCluster conditions it copies into `status.rayClusterStatus`. `job_state` lifts those out, so
+the resource says why instead of waiting silently.
 """
 
 from __future__ import annotations
@@ -15,17 +23,35 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from mlplane.crds.base import quantity_value
-from mlplane.operator.backends.base import JobState, Launch
-from mlplane.operator.config import NodePool
+from mlplane.operator.backends.base import AttemptRef, JobState, Launch, Owner
+from mlplane.operator.config import NodePool, OperatorConfig
 
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
+RAY_API_VERSION = f"{RAY_GROUP}/{RAY_VERSION}"
 SUBMISSION_LABEL = "mlplane.dev/submission-id"
+NAME_LABEL = "mlplane.dev/name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+RAY_POOL_LABEL = "mlplane.dev/pool"
+"""The Ray node label (set with `ray start --labels`) naming the node pool a worker runs on; Serve
+replicas select their pool by it."""
+
+# Container waiting reasons that never clear by waiting: reported instead of "Initializing".
+POD_PROBLEMS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Where and with what image RayJobs run: the operator's cluster-specific settings."""
+    """Where and with what image Ray pods run: the operator's cluster-specific settings."""
 
     image: str
     head_pool: NodePool | None = None
@@ -34,14 +60,36 @@ class Placement:
     head_resources: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
 
 
-def rayjob_name(launch: Launch) -> str:
+def placements(config: OperatorConfig) -> Callable[[str | None], Placement]:
+    """Node pool name (or None) → Placement, from the operator's configuration."""
+    if config.head_node_pool:
+        head = config.pool(config.head_node_pool)
+    else:
+        head = next((p for p in config.node_pools if not p.gpus_per_node), None)
+    return lambda pool: Placement(config.ray_image, head, config.pool(pool) if pool else None)
+
+
+def rayjob_name(owner_name: str, attempt: int) -> str:
     """Readable and unique per attempt; short enough for KubeRay's derived pod names."""
-    return f"{launch.owner.name[:40]}-a{launch.attempt}"
+    return f"{owner_name[:40]}-a{attempt}"
 
 
-def _pod_spec(
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    """The child's ownerReference: deleting the resource deletes it (and its pods)."""
+    return {
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def pod_template(
     container: str, image: str, resources: dict[str, Any], pool: NodePool | None
 ) -> dict[str, Any]:
+    """A Ray pod template: one container, placed on `pool` (selector and tolerations)."""
     spec: dict[str, Any] = {
         "containers": [{"name": container, "image": image, "resources": resources}]
     }
@@ -50,31 +98,66 @@ def _pod_spec(
             spec["nodeSelector"] = dict(pool.node_selector)
         if pool.tolerations:
             spec["tolerations"] = list(pool.tolerations)
-    return spec
+    return {"spec": spec}
 
 
-def _worker_resources(launch: Launch, pool: NodePool | None) -> dict[str, Any]:
-    per_worker = launch.resources.per_worker
-    requests: dict[str, Any] = {"cpu": str(per_worker.cpu)}
-    if per_worker.memory is not None:
-        requests["memory"] = str(per_worker.memory)
-    limits = dict(requests)
-    if per_worker.gpu:
+def head_group(placement: Placement) -> dict[str, Any]:
+    """The head only coordinates (num-cpus 0): no training or replica runs there."""
+    resources = dict(placement.head_resources)
+    return {
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+        "template": pod_template(
+            "ray-head",
+            placement.image,
+            {"requests": resources, "limits": dict(resources)},
+            placement.head_pool,
+        ),
+    }
+
+
+def worker_group(
+    placement: Placement,
+    replicas: tuple[int, int, int],
+    cpu: int | str,
+    memory: int | str | None,
+    gpus: int,
+) -> dict[str, Any]:
+    """A worker group on the placement's pool; each pod holds what one Ray worker needs.
+
+    `replicas` is (initial, min, max). Requests equal limits, so the pods are Guaranteed and the
+    GPUs counted by a ResourceQuota are the GPUs the ledger admitted.
+    """
+    pool = placement.worker_pool
+    requests: dict[str, Any] = {"cpu": str(cpu)}
+    if memory is not None:
+        requests["memory"] = str(memory)
+    start_params = {"num-cpus": str(int(max(1, quantity_value(cpu))))}
+    if gpus:
         gpu_resource = pool.gpu_resource if pool else "nvidia.com/gpu"
-        requests[gpu_resource] = limits[gpu_resource] = str(per_worker.gpu)
-    return {"requests": requests, "limits": limits}
+        requests[gpu_resource] = str(gpus)
+        start_params["num-gpus"] = str(gpus)
+    if pool:
+        start_params["labels"] = f"{RAY_POOL_LABEL}={pool.name}"
+    initial, least, most = replicas
+    return {
+        "groupName": pool.name if pool else "workers",
+        "replicas": initial,
+        "minReplicas": least,
+        "maxReplicas": most,
+        "rayStartParams": start_params,
+        "template": pod_template(
+            "ray-worker", placement.image, {"requests": requests, "limits": dict(requests)}, pool
+        ),
+    }
 
 
 def render_rayjob(launch: Launch, placement: Placement) -> dict[str, Any]:
     """The RayJob for one attempt: head on the CPU pool, workers on the requested pool."""
     workers = launch.resources.workers
     per_worker = launch.resources.per_worker
-    labels = {SUBMISSION_LABEL: launch.submission_id, "mlplane.dev/name": launch.owner.name}
+    labels = {SUBMISSION_LABEL: launch.submission_id, NAME_LABEL: launch.owner.name}
     if launch.queue_name:
         labels[KUEUE_QUEUE_LABEL] = launch.queue_name
-    worker_start_params = {"num-cpus": str(int(max(1, quantity_value(per_worker.cpu))))}
-    if per_worker.gpu:
-        worker_start_params["num-gpus"] = str(per_worker.gpu)
     spec: dict[str, Any] = {
         "entrypoint": launch.entrypoint,
         "jobId": launch.submission_id,
@@ -84,68 +167,57 @@ def render_rayjob(launch: Launch, placement: Placement) -> dict[str, Any]:
         # Kueue admits a suspended RayJob by unsuspending it; without Kueue it starts at once.
         "suspend": bool(launch.queue_name),
         "rayClusterSpec": {
-            "headGroupSpec": {
-                # The head only coordinates: no training runs there.
-                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
-                "template": {
-                    "spec": _pod_spec(
-                        "ray-head",
-                        placement.image,
-                        {
-                            "requests": dict(placement.head_resources),
-                            "limits": dict(placement.head_resources),
-                        },
-                        placement.head_pool,
-                    )
-                },
-            },
+            "headGroupSpec": head_group(placement),
             "workerGroupSpecs": [
-                {
-                    "groupName": "workers",
-                    "replicas": workers,
-                    "minReplicas": workers,
-                    "maxReplicas": workers,
-                    "rayStartParams": worker_start_params,
-                    "template": {
-                        "spec": _pod_spec(
-                            "ray-worker",
-                            placement.image,
-                            _worker_resources(launch, placement.worker_pool),
-                            placement.worker_pool,
-                        )
-                    },
-                }
+                worker_group(
+                    placement,
+                    (workers, workers, workers),
+                    per_worker.cpu,
+                    per_worker.memory,
+                    per_worker.gpu,
+                )
             ],
         },
     }
+    if launch.metadata:
+        spec["metadata"] = dict(launch.metadata)
     if launch.runtime_env:
         spec["runtimeEnvYAML"] = json.dumps(launch.runtime_env)  # JSON is YAML
     if launch.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = launch.active_deadline_seconds
     return {
-        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
+        "apiVersion": RAY_API_VERSION,
         "kind": "RayJob",
         "metadata": {
-            "name": rayjob_name(launch),
+            "name": rayjob_name(launch.owner.name, launch.attempt),
             "namespace": launch.owner.namespace,
             "labels": labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": launch.owner.api_version,
-                    "kind": launch.owner.kind,
-                    "name": launch.owner.name,
-                    "uid": launch.owner.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [owner_reference(launch.owner)],
         },
         "spec": spec,
     }
 
 
+def cluster_problem(cluster_status: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(reason, message) when the RayCluster's pods cannot start, else None.
+
+    A pod the namespace's ResourceQuota forbids is reported as ResourceQuotaExceeded, a head pod
+    stuck on its container as the container's waiting reason (ImagePullBackOff and the like).
+    """
+    for condition in (cluster_status or {}).get("conditions") or []:
+        kind, state = condition.get("type"), condition.get("status")
+        reason, message = condition.get("reason", ""), condition.get("message", "")
+        if kind == "RayClusterReplicaFailure" and state == "True":
+            if "exceeded quota" in message:
+                return "ResourceQuotaExceeded", f"{reason}: {message}"
+            return reason or "ReplicaFailure", message
+        if kind == "HeadPodReady" and state == "False" and reason in POD_PROBLEMS:
+            return reason, message or f"the Ray head pod is in {reason}"
+    return None
+
+
 def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
-    """KubeRay's two status fields folded into one JobState, failure reasons kept."""
+    """KubeRay's status folded into one JobState, failure and waiting reasons kept."""
     status = rayjob_status or {}
     deployment = status.get("jobDeploymentStatus", "")
     job = status.get("jobStatus", "")
@@ -160,7 +232,12 @@ def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
         return JobState("STOPPED", detail, reason)
     if deployment == "Running" and job == "RUNNING":
         return JobState("RUNNING", detail)
-    return JobState("PENDING", detail or deployment or "waiting for the RayCluster", reason)
+    if deployment in ("Suspended", "Suspending"):
+        return JobState("PENDING", "the RayJob is suspended until Kueue admits it", "Suspended")
+    problem = cluster_problem(status.get("rayClusterStatus"))
+    if problem:
+        return JobState("PENDING", problem[1], problem[0])
+    return JobState("PENDING", detail or deployment or "waiting for the RayCluster")
 
 
 class KubeRayBackend:
@@ -168,50 +245,75 @@ class KubeRayBackend:
 
     name = "kuberay"
 
-    def __init__(self, api: client.ApiClient, placement_for: Callable[[Launch], Placement]) -> None:
+    def __init__(self, api: client.ApiClient, placement_for: Callable[[str | None], Placement]):
+        """`placement_for` maps a node pool name (None: unset) to where pods go."""
         self.objects = client.CustomObjectsApi(api)
         self.placement_for = placement_for
 
-    def submit(self, launch: Launch) -> None:
-        body = render_rayjob(launch, self.placement_for(launch))
+    def submit(self, launch: Launch) -> str:
+        body = render_rayjob(launch, self.placement_for(launch.resources.node_pool))
+        name = body["metadata"]["name"]
         try:
             self.objects.create_namespaced_custom_object(
                 RAY_GROUP, RAY_VERSION, launch.owner.namespace, "rayjobs", body
             )
         except ApiException as error:
-            if error.status != 409:  # already created by an earlier, interrupted step
+            if error.status != 409:
                 raise
+            # Created by an earlier, interrupted step; or left by a deleted namesake.
+            if self._get(launch.ref) is None:
+                raise RuntimeError(
+                    f"RayJob {name} belongs to an earlier {launch.owner.kind} of the same name; "
+                    "retrying once Kubernetes has deleted it"
+                ) from error
+        return name
 
-    def _find(self, submission_id: str) -> dict[str, Any] | None:
-        found = self.objects.list_cluster_custom_object(
-            RAY_GROUP, RAY_VERSION, "rayjobs", label_selector=f"{SUBMISSION_LABEL}={submission_id}"
-        )
-        items = found.get("items", [])
-        return items[0] if items else None
+    def _get(self, ref: AttemptRef) -> dict[str, Any] | None:
+        """The attempt's RayJob, or None (absent, or a namesake of another submission)."""
+        try:
+            rayjob = self.objects.get_namespaced_custom_object(
+                RAY_GROUP,
+                RAY_VERSION,
+                ref.owner.namespace,
+                "rayjobs",
+                rayjob_name(ref.owner.name, ref.attempt),
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        labels = rayjob.get("metadata", {}).get("labels") or {}
+        return rayjob if labels.get(SUBMISSION_LABEL) == ref.submission_id else None
 
-    def state(self, submission_id: str) -> JobState:
-        rayjob = self._find(submission_id)
+    def state(self, ref: AttemptRef) -> JobState:
+        rayjob = self._get(ref)
         if rayjob is None:
             return JobState("MISSING")
         return job_state(rayjob.get("status"))
 
-    def logs_tail(self, submission_id: str, lines: int = 20) -> str:
-        rayjob = self._find(submission_id)
-        return (rayjob or {}).get("status", {}).get("message", "")
+    def logs_tail(self, ref: AttemptRef, lines: int = 20) -> str:
+        """KubeRay's message: the operator reads no pod logs (the runner's error is in MLflow)."""
+        rayjob = self._get(ref)
+        return job_state(rayjob.get("status")).message if rayjob else ""
 
-    def stop(self, submission_id: str) -> None:
-        rayjob = self._find(submission_id)
+    def stop(self, ref: AttemptRef) -> None:
+        rayjob = self._get(ref)
         if rayjob is None:
             return
         meta = rayjob["metadata"]
         try:
             self.objects.delete_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, meta["namespace"], "rayjobs", meta["name"]
+                RAY_GROUP,
+                RAY_VERSION,
+                meta["namespace"],
+                "rayjobs",
+                meta["name"],
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=meta["uid"])),
             )
         except ApiException as error:
-            if error.status != 404:
+            if error.status not in (404, 409):  # gone already, or replaced since the read
                 raise
 
-    def dashboard_url(self, submission_id: str) -> str | None:
-        rayjob = self._find(submission_id)
+    def dashboard_url(self, ref: AttemptRef) -> str | None:
+        rayjob = self._get(ref)
         return (rayjob or {}).get("status", {}).get("dashboardURL")

@@ -8,7 +8,7 @@ from ray.job_submission import JobStatus as RayJobStatus
 from ray.job_submission import JobSubmissionClient
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from mlplane.operator.backends.base import JobState, Launch
+from mlplane.operator.backends.base import AttemptRef, JobState, Launch
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class RayJobsBackend:
 
     @_transient
     def submit(self, launch: Launch) -> None:
-        if self.state(launch.submission_id).status != "MISSING":
+        if self._state(launch.submission_id).status != "MISSING":
             log.info("ray job %s already submitted", launch.submission_id)
             return
         self.client.submit_job(
@@ -50,8 +50,11 @@ class RayJobsBackend:
             metadata=launch.metadata,
         )
 
+    def state(self, ref: AttemptRef) -> JobState:
+        return self._state(ref.submission_id)
+
     @_transient
-    def state(self, submission_id: str) -> JobState:
+    def _state(self, submission_id: str) -> JobState:
         try:
             info = self.client.get_job_info(submission_id)
         except RuntimeError as error:  # the SDK's way of saying 404
@@ -61,17 +64,17 @@ class RayJobsBackend:
         status = info.status.value if isinstance(info.status, RayJobStatus) else str(info.status)
         return JobState(status, info.message or "")  # type: ignore[arg-type]
 
-    def logs_tail(self, submission_id: str, lines: int = 20) -> str:
+    def logs_tail(self, ref: AttemptRef, lines: int = 20) -> str:
         try:
-            logs = self.client.get_job_logs(submission_id)
+            logs = self.client.get_job_logs(ref.submission_id)
         except RuntimeError:
             return ""
         return "\n".join(logs.rstrip().splitlines()[-lines:])
 
     @_transient
-    def stop(self, submission_id: str) -> None:
-        if self.state(submission_id).status in ("PENDING", "RUNNING"):
-            self.client.stop_job(submission_id)
+    def stop(self, ref: AttemptRef) -> None:
+        if self._state(ref.submission_id).status in ("PENDING", "RUNNING"):
+            self.client.stop_job(ref.submission_id)
 
-    def dashboard_url(self, submission_id: str) -> str:
-        return f"{self.address}/#/jobs/{submission_id}"
+    def dashboard_url(self, ref: AttemptRef) -> str:
+        return f"{self.address}/#/jobs/{ref.submission_id}"

@@ -76,6 +76,22 @@ def same_config(deployed: dict[str, Any] | None, wanted: dict[str, Any]) -> bool
     return _normal(deployed) == _normal(wanted)
 
 
+def read_metrics(
+    session: requests.Session, app_url: str, window_seconds: float, timeout: float
+) -> dict[str, Any] | None:
+    """The application's `/-/metrics` (mlplane.serving.app) over the trailing window; None if
+    it cannot be reached."""
+    try:
+        response = session.get(
+            f"{app_url}/-/metrics",
+            params={"window": f"{max(window_seconds, 1.0):.0f}"},
+            timeout=timeout,
+        )
+    except requests.RequestException:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
 def _normal(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _normal(v) for k, v in value.items()}
@@ -182,15 +198,7 @@ class ServeRestBackend:
         )
 
     def metrics(self, route_prefix: str, window_seconds: float) -> dict[str, Any] | None:
-        try:
-            response = self.session.get(
-                f"{self.url(route_prefix)}/-/metrics",
-                params={"window": f"{max(window_seconds, 1.0):.0f}"},
-                timeout=self.timeout,
-            )
-        except requests.RequestException:
-            return None
-        return response.json() if response.status_code == 200 else None
+        return read_metrics(self.session, self.url(route_prefix), window_seconds, self.timeout)
 
     def url(self, route_prefix: str) -> str:
         return self._proxy() + route_prefix.rstrip("/")

@@ -10,9 +10,10 @@ from mlplane.operator.backends.kuberay import (
     KUEUE_QUEUE_LABEL,
     Placement,
     job_state,
+    placements,
     render_rayjob,
 )
-from mlplane.operator.config import NodePool
+from mlplane.operator.config import NodePool, OperatorConfig
 
 A100 = NodePool(
     name="a100",
@@ -51,7 +52,12 @@ def test_workers_land_on_the_gpu_pool_and_tolerate_its_taint() -> None:
     resources = pod["containers"][0]["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == "4"
     assert resources["requests"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "4"}
-    assert group["rayStartParams"] == {"num-cpus": "4", "num-gpus": "4"}
+    # The Ray node label lets Serve replicas (and anything else) select the pool.
+    assert group["rayStartParams"] == {
+        "num-cpus": "4",
+        "num-gpus": "4",
+        "labels": "mlplane.dev/pool=a100",
+    }
 
 
 def test_head_runs_on_the_cpu_pool_without_gpus() -> None:
@@ -70,7 +76,9 @@ def test_job_settings_owner_and_name() -> None:
     assert spec["activeDeadlineSeconds"] == 3600
     assert spec["suspend"] is False
     assert json.loads(spec["runtimeEnvYAML"]) == {"env_vars": {"A": "1"}}
+    assert spec["ttlSecondsAfterFinished"] == 600
     assert rayjob["metadata"]["name"] == "churn-a2"
+    assert rayjob["metadata"]["labels"]["mlplane.dev/submission-id"] == "mlplane-u1-2"
     owner = rayjob["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["uid"], owner["controller"]) == ("TrainingJob", "u1", True)
 
@@ -86,7 +94,7 @@ def test_kueue_gets_a_suspended_labelled_rayjob() -> None:
     [
         (None, "PENDING", ""),
         ({"jobDeploymentStatus": "Initializing"}, "PENDING", ""),
-        ({"jobDeploymentStatus": "Suspended"}, "PENDING", ""),
+        ({"jobDeploymentStatus": "Suspended"}, "PENDING", "Suspended"),
         ({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}, "RUNNING", ""),
         ({"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}, "SUCCEEDED", ""),
         (
@@ -107,3 +115,63 @@ def test_failure_keeps_kuberays_reason_and_message() -> None:
         {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded", "message": "ran 3600s"}
     )
     assert state.message == "DeadlineExceeded: ran 3600s"
+
+
+def initializing(*conditions: dict) -> dict:
+    return {
+        "jobDeploymentStatus": "Initializing",
+        "rayClusterStatus": {"conditions": list(conditions)},
+    }
+
+
+def test_an_image_that_cannot_be_pulled_is_named_not_hidden_in_initializing() -> None:
+    state = job_state(
+        initializing(
+            {
+                "type": "HeadPodReady",
+                "status": "False",
+                "reason": "ImagePullBackOff",
+                "message": 'Back-off pulling image "mlplane/runtime:typo"',
+            }
+        )
+    )
+    assert (state.status, state.reason) == ("PENDING", "ImagePullBackOff")
+    assert "mlplane/runtime:typo" in state.message
+
+
+def test_pods_a_resource_quota_forbids_are_reported_as_quota() -> None:
+    state = job_state(
+        initializing(
+            {
+                "type": "RayClusterReplicaFailure",
+                "status": "True",
+                "reason": "FailedCreateWorkerPod",
+                "message": 'pods "churn-a1-workers-x" is forbidden: exceeded quota: gpus',
+            }
+        )
+    )
+    assert state.reason == "ResourceQuotaExceeded"
+    assert state.message.startswith("FailedCreateWorkerPod: pods")
+
+
+def test_pods_still_being_created_are_not_a_problem() -> None:
+    state = job_state(
+        initializing(
+            {"type": "HeadPodReady", "status": "False", "reason": "ContainerCreating"},
+            {"type": "RayClusterProvisioned", "status": "False", "reason": "PodsProvisioning"},
+        )
+    )
+    assert (state.status, state.reason) == ("PENDING", "")
+
+
+def test_placements_come_from_the_node_pools() -> None:
+    config = OperatorConfig(node_pools=[A100, CPU], ray_image="example/ray:1")
+    placement = placements(config)("a100")
+    assert (placement.image, placement.head_pool, placement.worker_pool) == (
+        "example/ray:1",
+        CPU,  # the first pool without GPUs, unless head_node_pool says otherwise
+        A100,
+    )
+    assert placements(config)(None).worker_pool is None
+    pinned = OperatorConfig(node_pools=[A100, CPU], head_node_pool="a100")
+    assert placements(pinned)("a100").head_pool == A100

@@ -1,9 +1,14 @@
 """The GPU ledger: quotas, FIFO within priority, positions, release, rebuild after a restart."""
 
+from pathlib import Path
+
 import pytest
 
 from mlplane.operator.admission import Work
-from mlplane.operator.quota import GpuLedger, Limits
+from mlplane.operator.config import NodePool, OperatorConfig
+from mlplane.operator.quota import GpuLedger, Limits, config_limits
+
+NODE_POOLS = Path(__file__).parents[2] / "operator" / "cluster" / "nodepools.yaml"
 
 
 def ledger(pool_gpus: int = 24, team_quota: int | None = 8, namespace_quota: int | None = None):
@@ -121,3 +126,47 @@ def test_rebuild_counts_running_work_once(phase: str) -> None:
     assert gpus.admit(job(1)).admitted  # already held: not counted twice
     assert gpus.held("a100", "team-a") == 8
     assert gpus.admit(job(3)).queue.position == 1
+
+
+def test_observed_statuses_are_replayed_before_the_first_decision() -> None:
+    replays = []
+
+    def observed():
+        replays.append(1)
+        return [(job(1), "Running"), (job(2), "Starting"), (job(3), "Queued")]
+
+    gpus = GpuLedger(ledger().limits, observed=observed)
+    assert replays == []  # nothing read until the ledger is asked
+    assert gpus.admit(job(3)).queue.position == 1  # job 1 and 2 hold the team's 8 GPUs
+    gpus.release("u1")
+    assert gpus.admit(job(3)).admitted
+    assert replays == [1]  # once: later decisions are the ledger's own
+
+
+def test_limits_from_the_operator_config() -> None:
+    config = OperatorConfig(
+        node_pools=[
+            NodePool(name="a100", gpus_per_node=8, nodes=3),
+            NodePool(name="spot", gpus_per_node=4),  # node count unknown: no capacity limit
+        ],
+        gpu_quotas={"team-a": {"a100": 16}},
+    )
+    limits = config_limits(config, namespace_quota=lambda ns: 4 if ns == "team-b" else None)
+    assert limits.pool_capacity("a100") == 24
+    assert limits.pool_capacity("spot") is None
+    assert limits.namespace_pool_quota("team-a", "a100") == 16
+    assert limits.namespace_pool_quota("team-a", "t4") is None
+    assert limits.namespace_pool_quota("team-c", "a100") is None
+    assert limits.namespace_quota("team-b") == 4
+
+
+def test_node_pools_load_from_the_local_cluster_format() -> None:
+    config = OperatorConfig(node_pools_file=NODE_POOLS)
+    a100 = config.pool("a100")
+    assert (a100.gpus_per_node, a100.nodes, a100.gpu_product) == (8, 3, "NVIDIA-A100-SXM4-80GB")
+    assert a100.node_selector == {"mlplane.dev/pool": "a100"}
+    assert a100.tolerations == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    cpu = config.pool("cpu")
+    assert (cpu.gpus_per_node, cpu.tolerations) == (0, [])

@@ -1,0 +1,256 @@
+"""The `kuberay` serving backend: one `ray.io/v1` RayService per ModelDeployment.
+
+It implements the same `ServingBackend` protocol as Serve's REST API, so the ModelDeployment
+reconciler (canary steps, rollback, status) is the same for both backends. The Serve application
+is the very dict `mlplane.serving.config.serve_application` builds; `render_rayservice` embeds it
+in `serveConfigV2` and sizes the worker group from it: one worker pod per replica, on the node pool
+the application's label selector names, between the autoscaling bounds. A canary step changes only
+`user_config`, so KubeRay applies it to the running cluster in place; a change of resources or pool
+changes `rayClusterConfig`, which KubeRay rolls out as a new cluster with no downtime.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import requests
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from mlplane.crds.base import API_VERSION, GROUP, VERSION
+from mlplane.operator.backends.base import Owner
+from mlplane.operator.backends.kuberay import (
+    NAME_LABEL,
+    RAY_API_VERSION,
+    RAY_GROUP,
+    RAY_POOL_LABEL,
+    RAY_VERSION,
+    Placement,
+    cluster_problem,
+    head_group,
+    owner_reference,
+    worker_group,
+)
+from mlplane.operator.backends.serve import AppState, read_metrics, same_config
+from mlplane.serving.config import SERVER_DEPLOYMENT
+
+SERVE_PORT = 8000
+"""Serve's HTTP port in KubeRay's `<name>-serve-svc` Service."""
+
+
+def split_app_name(app: str) -> tuple[str, str]:
+    """`namespace.name` (mlplane.serving.config.app_name) → (namespace, name)."""
+    namespace, name = app.split(".", 1)
+    return namespace, name
+
+
+def _cpu_quantity(cpus: float) -> str:
+    millis = int(Decimal(str(cpus)) * 1000)
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def pool_of(application: dict[str, Any]) -> str | None:
+    """The node pool the application's replicas select (their Ray label selector)."""
+    server = _server(application)
+    return (server["ray_actor_options"].get("label_selector") or {}).get(RAY_POOL_LABEL)
+
+
+def _server(application: dict[str, Any]) -> dict[str, Any]:
+    return next(d for d in application["deployments"] if d["name"] == SERVER_DEPLOYMENT)
+
+
+def rayservice_spec(application: dict[str, Any], placement: Placement) -> dict[str, Any]:
+    """The spec serving `application`: head on the CPU pool, one worker pod per replica."""
+    server = _server(application)
+    options = server["ray_actor_options"]
+    autoscaling = server["autoscaling_config"]
+    least, most = autoscaling["min_replicas"], autoscaling["max_replicas"]
+    memory = options.get("memory")
+    workers = worker_group(
+        placement,
+        (least, least, most),
+        _cpu_quantity(max(options["num_cpus"], 0.001)),
+        str(int(memory)) if memory else None,
+        int(options.get("num_gpus", 0)),
+    )
+    cluster: dict[str, Any] = {
+        "headGroupSpec": head_group(placement),
+        "workerGroupSpecs": [workers],
+    }
+    if most > least:
+        # Serve's autoscaler asks Ray for replicas; Ray's asks KubeRay for worker pods.
+        cluster["enableInTreeAutoscaling"] = True
+    return {
+        "serveConfigV2": yaml.safe_dump({"applications": [application]}, sort_keys=False),
+        "rayClusterConfig": cluster,
+    }
+
+
+def render_rayservice(
+    application: dict[str, Any], owner: Owner, placement: Placement
+) -> dict[str, Any]:
+    """The RayService for `application`, owned by its ModelDeployment."""
+    namespace, name = split_app_name(application["name"])
+    return {
+        "apiVersion": RAY_API_VERSION,
+        "kind": "RayService",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {NAME_LABEL: name},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": rayservice_spec(application, placement),
+    }
+
+
+def deployed_application(rayservice: dict[str, Any]) -> dict[str, Any] | None:
+    """The application a RayService's serveConfigV2 holds (there is one)."""
+    config = yaml.safe_load(rayservice.get("spec", {}).get("serveConfigV2") or "") or {}
+    applications = config.get("applications") or []
+    return applications[0] if applications else None
+
+
+def _contains(current: Any, wanted: Any) -> bool:
+    """Whether `current` has every field `wanted` sets (the API server may add defaults)."""
+    if isinstance(wanted, dict):
+        return isinstance(current, dict) and all(
+            k in current and _contains(current[k], v) for k, v in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(current, list)
+            and len(current) == len(wanted)
+            and all(_contains(c, w) for c, w in zip(current, wanted, strict=True))
+        )
+    return same_config({"v": current}, {"v": wanted})
+
+
+def app_state(rayservice: dict[str, Any] | None, app: str) -> AppState:
+    """A RayService's status in the terms of Serve's own application status.
+
+    `config` is set only once KubeRay has acted on the latest spec and no new cluster is being
+    rolled out: only then is the spec's application what Serve runs.
+    """
+    if rayservice is None:
+        return AppState("MISSING")
+    status = rayservice.get("status") or {}
+    active = status.get("activeServiceStatus") or {}
+    pending = status.get("pendingServiceStatus") or {}
+    problem = cluster_problem(active.get("rayClusterStatus")) or cluster_problem(
+        pending.get("rayClusterStatus")
+    )
+    found = (active.get("applicationStatuses") or {}).get(app)
+    if found is None:
+        message = f"{problem[0]}: {problem[1]}" if problem else "waiting for the RayCluster"
+        return AppState("NOT_STARTED", message)
+    generation = rayservice.get("metadata", {}).get("generation", 0)
+    caught_up = status.get("observedGeneration", 0) >= generation and not pending.get(
+        "rayClusterName"
+    )
+    deployments = found.get("serveDeploymentStatuses") or {}
+    healthy = (deployments.get(SERVER_DEPLOYMENT) or {}).get("status") == "HEALTHY"
+    cluster = active.get("rayClusterStatus") or {}
+    messages = {n: d["message"] for n, d in deployments.items() if d.get("message")}
+    if problem:
+        messages["RayCluster"] = f"{problem[0]}: {problem[1]}"
+    return AppState(
+        status=found.get("status", "NOT_STARTED"),
+        message=found.get("message", ""),
+        config=deployed_application(rayservice) if caught_up else None,
+        ready_replicas=int(cluster.get("availableWorkerReplicas", 0)) if healthy else 0,
+        desired_replicas=int(cluster.get("desiredWorkerReplicas", 0)),
+        deployment_messages=messages,
+    )
+
+
+class RayServiceBackend:
+    """Serve through KubeRay: create, update, read and delete RayServices."""
+
+    name = "kuberay"
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        placement_for: Callable[[str | None], Placement],
+        timeout_seconds: float = 5.0,
+    ) -> None:
+        self.objects = client.CustomObjectsApi(api)
+        self.placement_for = placement_for
+        self.timeout = timeout_seconds
+        self.session = requests.Session()
+        # route prefix → (namespace, name): learnt from every application read or written.
+        self._routes: dict[str, tuple[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def _remember(self, application: dict[str, Any]) -> None:
+        with self._lock:
+            self._routes[application["route_prefix"]] = split_app_name(application["name"])
+
+    def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.objects.get_namespaced_custom_object(
+                RAY_GROUP, RAY_VERSION, namespace, "rayservices", name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def _owner(self, namespace: str, name: str) -> Owner:
+        deployment = self.objects.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "modeldeployments", name
+        )
+        return Owner(API_VERSION, "ModelDeployment", name, namespace, deployment["metadata"]["uid"])
+
+    def apply(self, application: dict[str, Any]) -> bool:
+        self._remember(application)
+        namespace, name = split_app_name(application["name"])
+        placement = self.placement_for(pool_of(application))
+        current = self._get(namespace, name)
+        if current is None:
+            body = render_rayservice(application, self._owner(namespace, name), placement)
+            self.objects.create_namespaced_custom_object(
+                RAY_GROUP, RAY_VERSION, namespace, "rayservices", body
+            )
+            return True
+        wanted = rayservice_spec(application, placement)
+        cluster_same = _contains(
+            current["spec"].get("rayClusterConfig"), wanted["rayClusterConfig"]
+        )
+        if cluster_same and same_config(deployed_application(current), application):
+            return False
+        self.objects.patch_namespaced_custom_object(
+            RAY_GROUP, RAY_VERSION, namespace, "rayservices", name, {"spec": wanted}
+        )
+        return True
+
+    def state(self, name: str) -> AppState:
+        rayservice = self._get(*split_app_name(name))
+        application = deployed_application(rayservice) if rayservice else None
+        if application:
+            self._remember(application)
+        return app_state(rayservice, name)
+
+    def metrics(self, route_prefix: str, window_seconds: float) -> dict[str, Any] | None:
+        return read_metrics(self.session, self.url(route_prefix), window_seconds, self.timeout)
+
+    def remove(self, name: str) -> None:
+        namespace, short = split_app_name(name)
+        try:
+            self.objects.delete_namespaced_custom_object(
+                RAY_GROUP, RAY_VERSION, namespace, "rayservices", short
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    def url(self, route_prefix: str) -> str:
+        """The route on the RayService's Serve Service (in-cluster DNS)."""
+        with self._lock:
+            namespace, name = self._routes[route_prefix]
+        return f"http://{name}-serve-svc.{namespace}.svc:{SERVE_PORT}{route_prefix.rstrip('/')}"

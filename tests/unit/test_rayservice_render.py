@@ -1,0 +1,138 @@
+"""What the kuberay serving backend puts on the cluster, and how it reads a RayService back."""
+
+import yaml
+
+from mlplane.crds.modeldeployment import ModelDeployment
+from mlplane.operator.backends.base import Owner
+from mlplane.operator.backends.kuberay import RAY_POOL_LABEL, Placement
+from mlplane.operator.backends.rayservice import app_state, pool_of, render_rayservice
+from mlplane.operator.config import NodePool
+from mlplane.serving.config import ModelRef, serve_application
+
+T4 = NodePool(
+    name="t4",
+    node_selector={"mlplane.dev/pool": "t4"},
+    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    gpus_per_node=4,
+)
+CPU = NodePool(name="cpu", node_selector={"mlplane.dev/pool": "cpu"})
+OWNER = Owner("mlplane.dev/v1alpha1", "ModelDeployment", "churn", "team-a", "u9")
+
+
+def application(**ray: object) -> dict:
+    deployment = ModelDeployment.model_validate(
+        {
+            "metadata": {"name": "churn", "namespace": "team-a"},
+            "spec": {"model": {"uri": "models:/churn@prod"}, "ray": ray},
+        }
+    )
+    # The kuberay runtime passes the Ray pool label, so replicas select their pool.
+    return serve_application(
+        deployment, ModelRef("models:/churn/7", "7"), node_pool_label=RAY_POOL_LABEL
+    )
+
+
+def render(app: dict) -> dict:
+    return render_rayservice(app, OWNER, Placement("mlplane/runtime:0.1", CPU, T4))
+
+
+def test_serve_config_is_the_ray_backends_application() -> None:
+    app = application(nodePool="t4")
+    rayservice = render(app)
+    assert yaml.safe_load(rayservice["spec"]["serveConfigV2"]) == {"applications": [app]}
+    meta = rayservice["metadata"]
+    assert (meta["namespace"], meta["name"]) == ("team-a", "churn")
+    owner = meta["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"], owner["controller"]) == ("ModelDeployment", "u9", True)
+
+
+def test_one_worker_per_replica_on_the_replicas_pool() -> None:
+    app = application(
+        nodePool="t4",
+        replicas={"min": 2, "max": 6},
+        perReplica={"cpu": "500m", "memory": "2Gi", "gpu": 1},
+    )
+    assert pool_of(app) == "t4"
+    cluster = render(app)["spec"]["rayClusterConfig"]
+    group = cluster["workerGroupSpecs"][0]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (2, 2, 6)
+    assert cluster["enableInTreeAutoscaling"] is True
+    pod = group["template"]["spec"]
+    assert pod["nodeSelector"] == {"mlplane.dev/pool": "t4"}
+    assert pod["tolerations"] == T4.tolerations
+    assert pod["containers"][0]["resources"]["requests"] == {
+        "cpu": "500m",
+        "memory": str(2 * 1024**3),
+        "nvidia.com/gpu": "1",
+    }
+    assert group["rayStartParams"]["labels"] == "mlplane.dev/pool=t4"
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert head["nodeSelector"] == {"mlplane.dev/pool": "cpu"}
+
+
+def test_fixed_replicas_need_no_autoscaler() -> None:
+    cluster = render(application(replicas={"min": 2, "max": 2}))["spec"]["rayClusterConfig"]
+    assert "enableInTreeAutoscaling" not in cluster
+
+
+def served(app: dict, generation: int = 2, observed: int = 2, **status: object) -> dict:
+    rayservice = render(app)
+    rayservice["metadata"]["generation"] = generation
+    rayservice["status"] = {"observedGeneration": observed, **status}
+    return rayservice
+
+
+def active(app_status: str, server: str, available: int = 2, desired: int = 2) -> dict:
+    return {
+        "activeServiceStatus": {
+            "applicationStatuses": {
+                "team-a.churn": {
+                    "status": app_status,
+                    "serveDeploymentStatuses": {"ModelServer": {"status": server}},
+                }
+            },
+            "rayClusterStatus": {
+                "availableWorkerReplicas": available,
+                "desiredWorkerReplicas": desired,
+            },
+        }
+    }
+
+
+def test_running_application_reports_its_config_and_replicas() -> None:
+    app = application()
+    state = app_state(served(app, **active("RUNNING", "HEALTHY")), "team-a.churn")
+    assert (state.status, state.ready_replicas, state.desired_replicas) == ("RUNNING", 2, 2)
+    assert state.config == app
+
+
+def test_a_spec_kuberay_has_not_acted_on_is_not_live_yet() -> None:
+    app = application()
+    behind = app_state(served(app, observed=1, **active("RUNNING", "HEALTHY")), "team-a.churn")
+    assert behind.config is None
+    upgrading = served(
+        app, **active("RUNNING", "HEALTHY"), pendingServiceStatus={"rayClusterName": "churn-x"}
+    )
+    assert app_state(upgrading, "team-a.churn").config is None
+
+
+def test_a_cluster_that_cannot_start_says_why() -> None:
+    stuck = served(
+        application(),
+        pendingServiceStatus={
+            "rayClusterStatus": {
+                "conditions": [
+                    {
+                        "type": "HeadPodReady",
+                        "status": "False",
+                        "reason": "ErrImagePull",
+                        "message": "pull access denied",
+                    }
+                ]
+            }
+        },
+    )
+    state = app_state(stuck, "team-a.churn")
+    assert state.status == "NOT_STARTED"
+    assert state.message == "ErrImagePull: pull access denied"
+    assert app_state(None, "team-a.churn").status == "MISSING"
