@@ -16,21 +16,23 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from mlplane.operator.cluster.build import Parts, cache_root, ensure_parts
+from mlplane.operator.cluster.build import HELM, Parts, cache_root, ensure_parts, ensure_tool
 from mlplane.operator.cluster.controlplane import ControlPlane
 
 CRDS_DIR = Path(__file__).resolve().parent.parent / "crds"
 ESTABLISHED_TIMEOUT = 60.0
 _PARTS = pytest.StashKey["Parts | Exception"]()
+_HELM = pytest.StashKey["Path | Exception"]()
+T = TypeVar("T")
 
 
 def _unavailable(reason: str, error: BaseException) -> NoReturn:
@@ -52,17 +54,25 @@ def _progress(message: str) -> None:
     print(f"[mlplane cluster] {message}", file=sys.stderr, flush=True)
 
 
-def _build_parts(config: pytest.Config) -> Parts | Exception:
-    """Build (or find cached) parts, keeping a failure for the fixture to report."""
+def _built(config: pytest.Config, build: Callable[[], T]) -> T | Exception:
+    """Build (or find cached), keeping a failure for the fixture to report."""
     with _uncaptured(config):
         try:
-            return ensure_parts(_progress)
+            return build()
         except Exception as error:
             return error
 
 
+def _build_parts(config: pytest.Config) -> Parts | Exception:
+    return _built(config, lambda: ensure_parts(_progress))
+
+
+def _build_helm(config: pytest.Config) -> Path | Exception:
+    return _built(config, lambda: ensure_tool(HELM, _progress)[0])
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the parts before the first test runs when any cluster test is selected.
+    """Build the parts (and helm) before the first test runs when a test needs them.
 
     A first build takes about ten minutes on two cores; done here it never counts against a
     test's timeout, and a run without cluster tests never pays for it.
@@ -71,15 +81,33 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     if any(item.get_closest_marker("cluster") for item in session.items):
         session.config.stash[_PARTS] = _build_parts(session.config)
+    if any("helm" in getattr(item, "fixturenames", ()) for item in session.items):
+        session.config.stash[_HELM] = _build_helm(session.config)
+
+
+def _ready(
+    config: pytest.Config,
+    key: pytest.StashKey[T | Exception],
+    build: Callable[[pytest.Config], T | Exception],
+    what: str,
+) -> T:
+    """What was built at collection, or is built now; unavailable if the build failed."""
+    outcome = config.stash.get(key, None) or build(config)
+    if isinstance(outcome, Exception):
+        _unavailable(f"cannot build {what}", outcome)
+    return outcome
+
+
+@pytest.fixture(scope="session")
+def helm(pytestconfig: pytest.Config) -> Path:
+    """The helm binary, built from its Go module once per machine (like the control plane)."""
+    return _ready(pytestconfig, _HELM, _build_helm, "helm")
 
 
 @pytest.fixture(scope="session")
 def cluster_parts(pytestconfig: pytest.Config) -> Parts:
     """The Go-built binaries (kube-*, etcd, kwok); built at collection, or now if unmarked."""
-    outcome = pytestconfig.stash.get(_PARTS, None) or _build_parts(pytestconfig)
-    if isinstance(outcome, Exception):
-        _unavailable("cannot build the local control plane", outcome)
-    return outcome
+    return _ready(pytestconfig, _PARTS, _build_parts, "the local control plane")
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,8 @@ KUBERNETES_VERSION = "v1.36.3"
 # The etcd KUBERNETES_VERSION's own go.mod requires: the server the apiserver is tested against.
 ETCD_VERSION = "v3.6.8"
 KWOK_VERSION = "v0.8.0"
+# Helm renders and lints the chart in helm/; built like the rest, into its own versioned directory.
+HELM_VERSION = "v4.3.1"
 # The `go` directive of KUBERNETES_VERSION and KWOK_VERSION; GOTOOLCHAIN=local forbids fetching it.
 MINIMUM_GO = (1, 26)
 
@@ -164,6 +166,49 @@ def ensure_parts(log: Log = print) -> Parts:
             _build(target, missing, log)
             (target / STAMP_NAME).write_text(_recipe())
         return Parts(bin_dir, stages, tuple(missing), time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class GoTool:
+    """A command-line tool built from one Go module at a pinned version, cached per version."""
+
+    name: str
+    module: str
+    package: str
+    version: str
+    ldflags: str = LDFLAGS
+
+    @property
+    def binary(self) -> Path:
+        return cache_root() / f"{self.name}-{self.version}" / "bin" / self.name
+
+
+HELM = GoTool(
+    "helm",
+    "helm.sh/helm/v4",
+    "helm.sh/helm/v4/cmd/helm",
+    HELM_VERSION,
+    # Stamped as Helm's own release build does; unstamped, `helm version` says only `v4.3`.
+    f"{LDFLAGS} -X helm.sh/helm/v4/internal/version.version={HELM_VERSION}",
+)
+
+
+def ensure_tool(tool: GoTool, log: Log = print) -> tuple[Path, bool]:
+    """The tool's binary, and whether this call had to build it (helm: 10 min on a busy
+    2-core machine, the first time only)."""
+    if tool.binary.is_file():
+        return tool.binary, False
+    home = tool.binary.parent.parent
+    home.mkdir(parents=True, exist_ok=True)
+    with _locked(home / ".lock"):
+        if tool.binary.is_file():
+            return tool.binary, False
+        log(f"building {tool.name} {tool.version} into {home}: once per machine")
+        module = home / "src"
+        _write_module(module, f"{tool.name}build", tool.module, tool.version)
+        commands = {tool.name: tool.package}
+        _go_build(find_go(), module, tool.binary.parent, commands, tool.ldflags, log)
+    return tool.binary, True
 
 
 def _missing(target: Path) -> list[str]:

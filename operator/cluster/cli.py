@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mlplane.operator.cluster.build import BuildError, ensure_parts
+from mlplane.operator.cluster.build import HELM, BuildError, ensure_parts, ensure_tool
 from mlplane.operator.cluster.controlplane import ControlPlane, ControlPlaneError
 
 app = typer.Typer(
@@ -41,14 +42,19 @@ def _echo(message: str) -> None:
 
 @app.command()
 def build() -> None:
-    """Build the Go parts into the cache (once per machine; later runs build nothing)."""
+    """Build the Go parts and helm into the cache (once per machine; later runs build nothing).
+
+    Prints the directories of the binaries as a PATH list: `export PATH=$(mlplane cluster
+    build):$PATH` puts kubectl and helm on the PATH."""
     try:
         parts = ensure_parts(_echo)
+        helm, helm_built = ensure_tool(HELM, _echo)
     except BuildError as error:
         _echo(str(error))
         raise typer.Exit(1) from error
-    _echo("cached: built nothing" if parts.cached else f"built {', '.join(parts.built)}")
-    typer.echo(parts.bin_dir)
+    built = [*parts.built, *(["helm"] if helm_built else [])]
+    _echo(f"built {', '.join(built)}" if built else "cached: built nothing")
+    typer.echo(os.pathsep.join([str(parts.bin_dir), str(helm.parent)]))
 
 
 @app.command()
