@@ -80,21 +80,52 @@ def operator(
         str | None,
         typer.Option(help="Serve kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz"),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(envvar="MLPLANE_METRICS_PORT", help="Serve Prometheus metrics on this port."),
+    ] = None,
+    peering: Annotated[
+        str | None,
+        typer.Option(
+            help="The kopf peering object replicas coordinate through (ClusterKopfPeering, or "
+            "KopfPeering in each namespace with --namespace); one replica works, the rest wait."
+        ),
+    ] = None,
+    priority: Annotated[
+        int | None,
+        typer.Option(help="Peering priority; the highest live one works [default: the oldest]."),
+    ] = None,
+    json_logs: Annotated[bool, typer.Option(help="Log one JSON object per line.")] = False,
 ) -> None:
     """Run the operator against the cluster in KUBECONFIG (or in-cluster)."""
     import asyncio
+    import logging
+    import time
 
     import kopf
 
     from mlplane.operator.config import OperatorConfig
     from mlplane.operator.handlers import build_registry
+    from mlplane.operator.metrics import OperatorMetrics
 
+    kopf.configure(log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
+    # kopf logs every handler run per object at INFO ("Timer ... succeeded." each interval); the
+    # Events on each phase change say what happened, so per-object logs start at WARNING.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings = OperatorConfig.load(config)
-    registry = build_registry(settings)
+    metrics = OperatorMetrics()
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
+    if peering and priority is None:
+        # Replicas of equal priority all pause (kopf cannot tell which should work): started
+        # later means lower, so the oldest live replica works and a new one waits as a standby.
+        priority = -time.time_ns() // 1_000_000
     asyncio.run(
         kopf.operator(
-            registry=registry,
-            standalone=True,
+            registry=build_registry(settings, metrics),
+            standalone=peering is None,
+            peering_name=peering,
+            priority=priority,
             clusterwide=not namespace,
             namespaces=namespace or (),
             liveness_endpoint=liveness,

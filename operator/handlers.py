@@ -8,12 +8,15 @@ from typing import Any, Protocol
 
 import kopf
 from kubernetes import client
+from kubernetes import config as kubeconfig
 from kubernetes.client.exceptions import ApiException
 
 from mlplane.crds import KINDS
 from mlplane.crds.base import GROUP, VERSION
 from mlplane.crds.validation import validate_object
+from mlplane.operator.admission import Work
 from mlplane.operator.config import OperatorConfig
+from mlplane.operator.metrics import OperatorMetrics, seen
 from mlplane.operator.runtime import Runtime
 from mlplane.operator.status import TERMINAL_PHASES, Event, invalid_spec_status
 
@@ -25,14 +28,18 @@ def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
     return {key: body[key] for key in body}
 
 
-def _active(status: Mapping[str, Any], **_: Any) -> bool:
-    return status.get("phase") not in TERMINAL_PHASES
+def _active(status: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) -> bool:
+    """A run still going, or a finished one whose spec changed since: stepping it acknowledges
+    the new generation (status.observedGeneration), which Argo CD's health check waits for."""
+    lagging = status.get("observedGeneration") != meta.get("generation")
+    return status.get("phase") not in TERMINAL_PHASES or lagging
 
 
-def _status_patch(status: Any) -> dict[str, Any]:
+def _status_patch(status: Any, current: Mapping[str, Any]) -> dict[str, Any]:
+    """The status fields that changed: a thousand queued jobs re-checked each tick write nothing."""
     wire = status.to_dict()
     wire.pop("kopf", None)  # kopf's own bookkeeping is written by kopf
-    return wire
+    return {key: value for key, value in wire.items() if current.get(key) != value}
 
 
 def _emit(body: Mapping[str, Any], events: list[Event]) -> None:
@@ -58,13 +65,20 @@ KIND_RECONCILERS: dict[str, tuple[Callable[[Runtime], Reconciler], bool]] = {
 def _register_kind(
     registry: kopf.OperatorRegistry,
     config: OperatorConfig,
+    metrics: OperatorMetrics,
     kind: str,
     reconciler_of: Callable[[Runtime], Reconciler],
     ends: bool,
 ) -> None:
-    """One timer that steps the resource (while it is active, for runs), and a deletion handler."""
+    """One timer that steps the resource (while it is active, for runs), a deletion handler, and
+    a watch of every change that keeps the metrics' view of the resource current."""
     model = KINDS[kind].resource
     plural = KINDS[kind].plural
+
+    @kopf.on.event(GROUP, VERSION, plural, id=f"metrics-{plural}", registry=registry)
+    def watched(body: kopf.Body, type: str | None, **_: Any) -> None:
+        state = None if type == "DELETED" else seen(kind, body)
+        metrics.view.update(body.meta["uid"], state)
 
     @kopf.timer(
         GROUP,
@@ -77,19 +91,53 @@ def _register_kind(
     )
     def observe(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         doc = _plain(body)
-        problems = validate_object(doc)
-        if problems:
-            reasons = [f"{p.field}: {p.message}" for p in problems]
-            patch.status.update(invalid_spec_status(reasons, body.meta.get("generation")))
-            _emit(body, [Event("Warning", "InvalidSpec", "; ".join(reasons))])
-            return
-        step = reconciler_of(memo.runtime).reconcile(model.model_validate(doc))
-        patch.status.update(_status_patch(step.status))
+        before = body.status.get("phase")
+        with metrics.reconciling(kind):
+            problems = validate_object(doc)
+            if problems:
+                reasons = [f"{p.field}: {p.message}" for p in problems]
+                patch.status.update(invalid_spec_status(reasons, body.meta.get("generation")))
+                if before != "Failed":  # once per rejection, not once per timer tick
+                    metrics.reconcile_errors.labels(kind, "InvalidSpec").inc()
+                    metrics.transition(kind, before, "Failed")
+                    _emit(body, [Event("Warning", "InvalidSpec", "; ".join(reasons))])
+                return
+            step = reconciler_of(memo.runtime).reconcile(model.model_validate(doc))
+        patch.status.update(_status_patch(step.status, body.status))
+        metrics.transition(kind, before, step.status.phase)
         _emit(body, step.events)
 
     @kopf.on.delete(GROUP, VERSION, plural, id=f"delete-{plural}", registry=registry)
     def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         reconciler_of(memo.runtime).delete(model.model_validate(_plain(body)))
+
+
+# Kinds whose GPUs the ledger admits, each with the kopf index that holds what it needs to
+# rebuild: kopf lists every object into its indices before any handler runs, so the ledger's
+# first decision after a (re)start sees every admitted run.
+RUN_KINDS = {"TrainingJob": "trainingjobs_runs", "TuningSweep": "tuningsweeps_runs"}
+
+
+def _register_runs_index(registry: kopf.OperatorRegistry, kind: str, index_id: str) -> None:
+    model = KINDS[kind].resource
+    reconciler_of = KIND_RECONCILERS[kind][0]
+
+    @kopf.index(GROUP, VERSION, KINDS[kind].plural, id=index_id, registry=registry)
+    def runs(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[None, tuple[Work, str | None]]:
+        doc = _plain(body)
+        if doc["spec"].get("queueName") or validate_object(doc):
+            return {}  # Kueue admits it, or it never will be admitted
+        work = reconciler_of(memo.runtime).work(model.model_validate(doc))
+        return {None: (work, body.status.get("phase"))}
+
+
+def _kube_client() -> client.ApiClient:
+    """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG, as kubectl does."""
+    try:
+        kubeconfig.load_incluster_config()
+    except kubeconfig.ConfigException:
+        return kubeconfig.new_client_from_config()
+    return client.ApiClient()
 
 
 def _registered_model(namespace: str, name: str) -> str | None:
@@ -105,7 +153,7 @@ def _registered_model(namespace: str, name: str) -> str | None:
     return job.get("status", {}).get("model", {}).get("uri")
 
 
-def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.OperatorRegistry:
     """Handlers for every kind, registered on a fresh registry with the configured intervals."""
     registry = kopf.OperatorRegistry()
 
@@ -114,7 +162,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         return kopf.login_via_client(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
         # Bookkeeping in status, not annotations: GitOps tools then see no drift.
         settings.persistence.progress_storage = kopf.StatusProgressStorage(
             field="status.kopf.progress"
@@ -125,9 +173,17 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = FINALIZER
         # Our reconcilers emit the Events users read; kopf's own handler chatter stays in logs.
         settings.posting.level = logging.WARNING
-        memo.runtime = Runtime.start(config, job_models=_registered_model)
+        runs = [kwargs[index_id] for index_id in RUN_KINDS.values()]  # kopf passes indices
+        memo.runtime = Runtime.start(
+            config,
+            job_models=_registered_model,
+            kube=_kube_client(),
+            observed_runs=lambda: [entry for index in runs for entry in index.get(None, ())],
+        )
 
     for kind, (reconciler_of, ends) in KIND_RECONCILERS.items():
-        _register_kind(registry, config, kind, reconciler_of, ends)
+        _register_kind(registry, config, metrics, kind, reconciler_of, ends)
+    for kind, index_id in RUN_KINDS.items():
+        _register_runs_index(registry, kind, index_id)
 
     return registry

@@ -25,17 +25,23 @@ OBSERVE_INTERVAL = "1"
 class OperatorProcess:
     """One `mlplane operator` child process; restartable, with its log kept on disk."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        # Only the per-test namespaces: the README test runs an operator of its own.
+        args: tuple[str, ...] = ("operator", "--namespace", "test-*"),
+    ) -> None:
         self.env = env
         self.log_path = log_path
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         mlplane = Path(sys.executable).parent / "mlplane"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                # Only the per-test namespaces: the README test runs an operator of its own.
-                [str(mlplane), "operator", "--namespace", "test-*"],
+                [str(mlplane), *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
