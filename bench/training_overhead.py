@@ -196,7 +196,12 @@ def main() -> None:
                 for variant in VARIANTS:
                     seconds, metrics = services.run(variant, path)
                     results[name][variant].append((seconds, metrics))
-                    print(f"{name} #{repeat + 1} {variant}: {seconds:.1f} s {metrics}", flush=True)
+                    load = os.getloadavg()[0]
+                    print(
+                        f"{name} #{repeat + 1} {variant}: {seconds:.1f} s {metrics} "
+                        f"(load average {load:.1f})",
+                        flush=True,
+                    )
         embedded.stop_all()
     print(table(results))
 
