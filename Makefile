@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 
-.PHONY: setup demo test lint lock generate clean
+.PHONY: setup demo test lint lock generate manifests clean
 
 setup: $(VENV)/.installed
 
@@ -35,9 +35,15 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# CRD YAML in crds/ and docs/api.md, from the Pydantic models; a unit test fails when they are stale.
+# CRD YAML in crds/ and docs/api.md, from the Pydantic models; then the chart's copy of the CRDs
+# and manifests/. Unit tests fail when any of them is stale.
 generate: setup
 	$(BIN)/python -m mlplane.crds.generate
+	$(BIN)/python -m mlplane.operator.cluster.chart
+
+# manifests/: the Helm chart's default install as plain YAML (builds helm once if needed).
+manifests: setup
+	$(BIN)/python -m mlplane.operator.cluster.chart
 
 clean:
 	rm -rf $(VENV)

@@ -1,0 +1,237 @@
+"""The operator as the chart runs it, with nothing but the chart's ServiceAccount.
+
+The chart is rendered in single-namespace mode and applied to the real API server; the operator
+runs the command line of the chart's Deployment, its configuration from the chart's ConfigMap,
+authenticated by a TokenRequest token of the chart's ServiceAccount (no admin credentials). Only
+what a pod would get elsewhere is swapped: the Ray and MLflow of the test session, free ports.
+A TrainingJob goes to Succeeded, while /metrics is scraped as Prometheus would.
+
+Its namespaces are named chart-*, outside the session operator's test-* pattern.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from chart_support import Kubectl, service_account_kubeconfig
+from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
+
+from mlplane.operator import embedded
+from mlplane.operator.cluster import chart
+from mlplane.operator.cluster.build import Parts
+from tests.e2e.conftest import GROUP, VERSION, OperatorProcess, Resources
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+
+STARTUP_TIMEOUT = 60
+# About 30 s on an idle 2-core machine; Ray Train's start is what a busy one slows down.
+TRAINING_TIMEOUT = 180
+JOB = {
+    "apiVersion": "mlplane.dev/v1alpha1",
+    "kind": "TrainingJob",
+    "metadata": {"name": "chart-xgb", "labels": {"team": "a"}, "annotations": {"owner": "me"}},
+    "spec": {
+        "framework": "xgboost",
+        "dataset": {"uri": "sklearn://breast_cancer", "label": "target"},
+        "hyperparameters": {"eta": 0.5, "max_depth": 3, "num_boost_round": 5},
+        "resources": {"workers": 1, "perWorker": {"cpu": 1}},
+        "checkpoint": {"every": 5, "keep": 1},
+    },
+}
+
+
+@dataclass
+class ChartOperator:
+    """The chart's operator process, the namespace it serves, and where it answers."""
+
+    process: OperatorProcess
+    resources: Resources
+    health_url: str
+    metrics_url: str
+    peering: str
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            text = response.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def jobs(self) -> list[str]:
+        found = self.resources.objects.list_namespaced_custom_object(
+            GROUP, VERSION, self.resources.namespace, "trainingjobs"
+        )
+        return [job["metadata"]["name"] for job in found["items"]]
+
+
+def job_metric(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted({"kind": "TrainingJob", **labels}.items()))), 0.0)
+
+
+def operator_args(docs: list[dict[str, Any]], config: Path, health: int, metrics: int) -> list[str]:
+    """The chart Deployment's command line, with its config file and ports made local."""
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["mlplane"]
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    config.write_text(config_map["data"]["config.yaml"])
+    local = {
+        "config": str(config),
+        "liveness": f"http://127.0.0.1:{health}/healthz",
+        "metrics-port": str(metrics),
+    }
+    args = list(container["args"])
+    for name, value in local.items():
+        at = next(i for i, a in enumerate(args) if a.startswith(f"--{name}="))
+        args[at] = f"--{name}={value}"
+    return args
+
+
+@pytest.fixture
+def chart_operator(
+    helm: Path,
+    cluster_parts: Parts,
+    kubeconfig: Path,
+    k8s_api: client.ApiClient,
+    crds: list[str],
+    operator_env: dict[str, str],
+    tmp_path: Path,
+) -> Iterator[ChartOperator]:
+    kubectl = Kubectl(cluster_parts, kubeconfig)
+    kubectl.install_crds()
+    core = client.CoreV1Api(k8s_api)
+    suffix = uuid.uuid4().hex[:6]
+    release, system, team = f"e2e{suffix}", f"chart-system-{suffix}", f"chart-team-{suffix}"
+    for name in (system, team):
+        core.create_namespace({"metadata": {"name": name}})
+    values = [f"watchNamespaces={{{team}}}", "operator.observeIntervalSeconds=1"]
+    rendered = chart.template(
+        helm, *(f"--set={v}" for v in values), release=release, namespace=system
+    )
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    kubectl.apply(docs)
+    health, metrics = embedded.free_port(), embedded.free_port()
+    args = operator_args(docs, tmp_path / "config.yaml", health, metrics)
+    account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    token = service_account_kubeconfig(k8s_api, kubeconfig, system, account, tmp_path / "sa")
+    env = {**operator_env, "KUBECONFIG": str(token)}
+    env.pop("MLPLANE_OBSERVE_INTERVAL_SECONDS")  # the chart's configuration says it
+    process = OperatorProcess(env, tmp_path / "operator.log", tuple(args))
+    process.start()
+    operator = ChartOperator(
+        process,
+        Resources(k8s_api, team, process),
+        f"http://127.0.0.1:{health}/healthz",
+        f"http://127.0.0.1:{metrics}/metrics",
+        f"{release}-mlplane",
+    )
+    yield operator
+    # As a user cleans up: while the operator still runs to release its finalizer.
+    for name in operator.jobs():
+        operator.resources.delete("trainingjobs", name)
+    deadline = time.monotonic() + 30
+    while operator.jobs() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    process.stop()
+    rbac = client.RbacAuthorizationV1Api(k8s_api)
+    rbac.delete_cluster_role(f"{release}-mlplane")
+    rbac.delete_cluster_role_binding(f"{release}-mlplane")
+    for name in (system, team):
+        core.delete_namespace(name)
+
+
+def test_operator_with_the_charts_service_account_runs_a_job_and_reports_metrics(
+    chart_operator: ChartOperator, k8s_api: client.ApiClient
+) -> None:
+    operator = chart_operator
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not operator.healthy():
+        assert operator.process.process and operator.process.process.poll() is None, (
+            operator.process.log()[-3000:]
+        )
+        assert time.monotonic() < deadline, "no /healthz:\n" + operator.process.log()[-3000:]
+        time.sleep(0.5)
+    before = operator.scrape()
+    assert job_metric(before, "mlplane_reconcile_duration_seconds_count") == 0
+
+    resources = operator.resources
+    created = resources.apply(JOB)
+    phases_scraped: set[str] = set()
+    deadline = time.monotonic() + TRAINING_TIMEOUT
+    obj = created
+    while obj.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+        assert time.monotonic() < deadline, f"{obj.get('status')}\n{operator.process.log()[-3000:]}"
+        samples = operator.scrape()
+        phases_scraped |= {
+            dict(labels)["phase"]
+            for (name, labels), value in samples.items()
+            if name == "mlplane_resources" and value == 1
+        }
+        time.sleep(0.5)
+        obj = resources.get("trainingjobs", "chart-xgb")
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+
+    # Gauges moved through the run and counters counted it.
+    after = operator.scrape()
+    labels = {"namespace": resources.namespace}
+    assert "Running" in phases_scraped, phases_scraped
+    assert job_metric(after, "mlplane_resources", **labels, phase="Succeeded") == 1
+    assert job_metric(after, "mlplane_resources", **labels, phase="Running") == 0
+    assert job_metric(after, "mlplane_reconcile_duration_seconds_count") >= 2
+    for phase in ("Starting", "Succeeded"):
+        assert job_metric(after, "mlplane_phase_transitions_total", phase=phase) == 1
+
+    # Events, written with the ServiceAccount's own rights.
+    events = client.CoreV1Api(k8s_api).list_namespaced_event(
+        resources.namespace, field_selector="involvedObject.name=chart-xgb"
+    )
+    assert {"Launched", "Running", "Succeeded"} <= {e.reason for e in events.items}
+
+    # Nothing Argo CD would show as drift: metadata and spec as applied, bar the finalizer.
+    meta, applied = obj["metadata"], created["metadata"]
+    assert meta["labels"] == applied["labels"] and meta["annotations"] == applied["annotations"]
+    assert meta["finalizers"] == ["mlplane.dev/finalizer"]
+    assert obj["spec"] == created["spec"]
+    assert meta["generation"] == obj["status"]["observedGeneration"] == 1
+
+    # One replica reported itself in the chart's KopfPeering.
+    peering = client.CustomObjectsApi(k8s_api).get_namespaced_custom_object(
+        "kopf.dev", "v1", resources.namespace, "kopfpeerings", operator.peering
+    )
+    assert len(peering.get("status", {})) == 1, peering
+
+    # The operator removes its finalizer, so a delete goes through.
+    resources.delete("trainingjobs", "chart-xgb")
+    deadline = time.monotonic() + 20
+    while "chart-xgb" in operator.jobs():
+        assert time.monotonic() < deadline, operator.process.log()[-3000:]
+        time.sleep(0.5)
+    gone = operator.scrape()
+    assert job_metric(gone, "mlplane_resources", **labels, phase="Succeeded") == 0
+
+    # Structured logs, and never a permission the chart forgot.
+    log = operator.process.log()
+    kopf_lines = [json.loads(line) for line in log.splitlines() if line.startswith('{"')]
+    assert any("message" in line for line in kopf_lines), log[-2000:]
+    for complaint in ("Forbidden", "Not enough permissions"):
+        assert complaint not in log, log[-3000:]

@@ -1,0 +1,280 @@
+"""The Helm chart as `helm lint` and `helm template` see it, and the files generated from it.
+
+These need the helm binary (built from its Go module once per machine) but no cluster; what the
+rendered objects do on a real API server is tests/integration/test_chart_install.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import generate_latest
+
+from mlplane.operator.cluster import chart
+from mlplane.operator.cluster.build import HELM, HELM_VERSION, ensure_tool
+from mlplane.operator.config import OperatorConfig
+from mlplane.operator.metrics import OperatorMetrics
+
+GPU_VALUES = chart.CHART / "ci" / "gpu-pools-values.yaml"
+
+
+def render(helm: Path, *args: str, **kwargs: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(chart.template(helm, *args, **kwargs)) if d]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"{len(found)} {kind} {name or ''}"
+    return found[0]
+
+
+def container(docs: list[dict[str, Any]], name: str = "mlplane") -> dict[str, Any]:
+    return find(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+
+
+def flag(args: list[str], name: str) -> str | None:
+    return next((a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")), None)
+
+
+def operator_config(docs: list[dict[str, Any]], tmp_path: Path) -> OperatorConfig:
+    path = tmp_path / "config.yaml"
+    path.write_text(find(docs, "ConfigMap", "mlplane")["data"]["config.yaml"])
+    return OperatorConfig.load(path)
+
+
+def test_helm_is_built_once_at_the_pinned_version(helm: Path) -> None:
+    assert ensure_tool(HELM, lambda message: pytest.fail(message)) == (helm, False)
+    version = subprocess.run([str(helm), "version", "--short"], capture_output=True, text=True)
+    assert version.stdout.startswith(HELM_VERSION), version
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(GPU_VALUES)]], ids=["defaults", "gpu-pools"])
+def test_helm_lint_is_clean(helm: Path, values: list[str]) -> None:
+    result = subprocess.run(
+        [str(helm), "lint", "--strict", str(chart.CHART), *values],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not re.search(r"\[(WARNING|ERROR)\]", result.stdout), result.stdout
+
+
+def test_default_install_runs_one_locked_down_operator(helm: Path) -> None:
+    docs = render(helm)
+    deployment = find(docs, "Deployment", "mlplane")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == find(docs, "ServiceAccount")["metadata"]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    main = container(docs)
+    security = main["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= set(main["resources"]["requests"])
+    # What the read-only root filesystem leaves writable is exactly the mounted volumes.
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+    assert mounts["/etc/mlplane"]["readOnly"] is True
+    assert {"/var/lib/mlplane", "/tmp"} <= set(mounts)
+
+    args = main["args"]
+    assert args[0] == "operator" and "--json-logs" in args
+    assert not [a for a in args if a.startswith("--namespace")], "cluster-wide by default"
+    ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+    assert flag(args, "liveness") == f"http://0.0.0.0:{ports['health']}/healthz"
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert main[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert flag(args, "metrics-port") == str(ports["metrics"])
+    service = find(docs, "Service", "mlplane-metrics")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+
+    assert flag(args, "peering") == find(docs, "ClusterKopfPeering")["metadata"]["name"]
+    assert flag(args, "config") == "/etc/mlplane/config.yaml"
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == [
+        "ClusterKopfPeering",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ]
+
+
+def test_default_config_is_the_embedded_default(helm: Path, tmp_path: Path) -> None:
+    config = operator_config(render(helm), tmp_path)
+    assert config.backend == "ray"
+    assert config.ray_address is None and config.mlflow_tracking_uri is None
+    assert config.data_dir == Path("/var/lib/mlplane")
+    assert config.node_pools == [] and config.gpu_quotas == {}
+
+
+def test_two_gpu_pools_and_quotas_render_into_the_operator_config(
+    helm: Path, tmp_path: Path
+) -> None:
+    docs = render(helm, "-f", str(GPU_VALUES))
+    config = operator_config(docs, tmp_path)
+    a100, t4 = config.pool("a100"), config.pool("t4")
+    assert a100 and a100.gpus_per_node == 8 and a100.nodes == 3
+    assert a100.node_selector == {"mlplane.dev/pool": "a100"}
+    assert a100.tolerations == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert t4 and t4.gpus_per_node == 4 and t4.gpu_resource == "nvidia.com/gpu"
+    assert config.gpu_quotas == {"team-a": {"a100": 16, "t4": 4}, "team-b": {"a100": 8}}
+
+    # The chart's MLflow server is where the operator tracks, reachable by its Service name.
+    service = find(docs, "Service", "mlplane-mlflow")
+    port = service["spec"]["ports"][0]["port"]
+    assert config.mlflow_tracking_uri == f"http://mlplane-mlflow.mlplane-system.svc:{port}"
+    mlflow = container(docs, "mlplane-mlflow")
+    assert mlflow["command"] == ["mlflow", "server"]
+    assert flag(mlflow["args"], "port") == str(port)
+    assert "mlplane-mlflow*" in flag(mlflow["args"], "allowed-hosts").split(",")
+    assert mlflow["securityContext"]["readOnlyRootFilesystem"] is True
+    claim = find(docs, "PersistentVolumeClaim", "mlplane-mlflow")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+    monitor = find(docs, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    labels = find(docs, "Service", "mlplane-metrics")["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    dashboard = find(docs, "ConfigMap", "mlplane-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["mlplane.json"])["uid"] == "mlplane-operator"
+    # A changed configuration rolls the operator, which reads it only at start.
+    default_checksum = find(render(helm), "Deployment", "mlplane")["spec"]["template"]
+    checksum = find(docs, "Deployment", "mlplane")["spec"]["template"]
+    assert (
+        checksum["metadata"]["annotations"]["checksum/config"]
+        != default_checksum["metadata"]["annotations"]["checksum/config"]
+    )
+
+
+def test_single_namespace_mode_grants_nothing_outside_the_watched_namespaces(helm: Path) -> None:
+    docs = render(helm, "--set", "watchNamespaces={team-a,team-b}")
+    args = container(docs)["args"]
+    assert [a for a in args if a.startswith("--namespace")] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
+    cluster_role = find(docs, "ClusterRole")
+    assert [r["resources"] for r in cluster_role["rules"]] == [
+        ["customresourcedefinitions"],
+        ["namespaces"],
+    ]
+    assert all(set(r["verbs"]) == {"list", "watch"} for r in cluster_role["rules"])
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    peerings = [d for d in docs if d["kind"] == "KopfPeering"]
+    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
+    assert not [d for d in docs if d["kind"] == "ClusterKopfPeering"]
+    assert {p["metadata"]["name"] for p in peerings} == {flag(args, "peering")}
+
+
+def test_kuberay_backend_manages_rayjobs_and_rayservices_and_nothing_more(
+    helm: Path, tmp_path: Path
+) -> None:
+    values = [
+        "operator.backend=kuberay",
+        "operator.kuberay.rayImage=registry.example/mlplane:1",
+        "operator.kuberay.headNodePool=cpu",
+        "operator.checkpointStorage=s3://bucket/checkpoints",
+    ]
+    docs = render(helm, *(f"--set={v}" for v in values))
+    ray = [r for r in find(docs, "ClusterRole")["rules"] if r["apiGroups"] == ["ray.io"]]
+    assert ray == [
+        {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["get", "create", "delete"]},
+        {
+            "apiGroups": ["ray.io"],
+            "resources": ["rayservices"],
+            "verbs": ["get", "create", "patch", "delete"],
+        },
+    ]
+    config = operator_config(docs, tmp_path)
+    assert config.backend == "kuberay" and config.ray_image == "registry.example/mlplane:1"
+    assert config.head_node_pool == "cpu"
+    assert config.checkpoint_storage == "s3://bucket/checkpoints"
+    rules = find(render(helm), "ClusterRole")["rules"]
+    assert not [r for r in rules if "ray.io" in r["apiGroups"]]
+
+
+def test_aws_options_reach_the_operator_environment(helm: Path) -> None:
+    docs = render(
+        helm,
+        "--set",
+        "aws.region=eu-west-1",
+        "--set",
+        "aws.endpointUrl=http://moto:5000",
+        "--set",
+        "aws.credentialsSecret=aws-creds",
+        "--set",
+        "aws.roleArn=arn:aws:iam::123456789012:role/mlplane",
+    )
+    main = container(docs)
+    env = {e["name"]: e["value"] for e in main["env"]}
+    assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert env["AWS_ENDPOINT_URL"] == "http://moto:5000"
+    assert main["envFrom"] == [{"secretRef": {"name": "aws-creds"}}]
+    annotations = find(docs, "ServiceAccount")["metadata"]["annotations"]
+    assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/mlplane"
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("operator.backnd=ray", "additional properties 'backnd' not allowed"),
+        ("operator.backend=spark", "/operator/backend"),
+        ("operator.gpuQuotas.team-a.a100=-1", "/operator/gpuQuotas/team-a/a100"),
+        ("watchNamespaces={Team_A}", "/watchNamespaces/0"),
+    ],
+)
+def test_values_schema_names_the_bad_value(helm: Path, setting: str, complaint: str) -> None:
+    with pytest.raises(chart.RenderError, match=re.escape(complaint)):
+        chart.template(helm, "--set", setting)
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    """`make generate` copies crds/*.yaml into the chart; Helm installs what is there."""
+    expected = chart.chart_crds()
+    assert len(expected) == 3
+    stale = [p.name for p, text in expected.items() if not p.exists() or p.read_text() != text]
+    assert not stale, f"stale chart CRDs {stale}: run `make generate`"
+
+
+def test_manifests_are_the_current_default_install(helm: Path) -> None:
+    expected = chart.manifests(chart.template(helm, "--include-crds"))
+    present = {
+        str(p.relative_to(chart.MANIFESTS)): p.read_text() for p in chart.MANIFESTS.rglob("*.yaml")
+    }
+    assert present == expected, "manifests/ is stale: run `make manifests`"
+
+
+def test_the_dashboard_queries_only_metrics_the_operator_exports() -> None:
+    dashboard = json.loads((chart.CHART / "dashboards" / "mlplane.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(mlplane_\w+|process_\w+)", e)}
+    exposition = generate_latest(OperatorMetrics().registry).decode()
+    exported = set(re.findall(r"^(?:# TYPE )?(\w+)", exposition, re.MULTILINE))
+    assert used and used <= exported, used - exported
+    names = {m for m in used if m.startswith("mlplane_")}
+    assert {
+        "mlplane_resources",
+        "mlplane_queue_depth",
+        "mlplane_gpus_allocated",
+        "mlplane_reconcile_duration_seconds_bucket",
+        "mlplane_reconcile_errors_total",
+    } <= names
