@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mlplane.crds.base import (
     API_VERSION,
@@ -80,7 +81,25 @@ class Dimension(ApiModel):
         kinds = [k for k in ("uniform", "loguniform", "randint", "choice") if getattr(self, k)]
         if len(kinds) != 1:
             raise ValueError("set exactly one of uniform, loguniform, randint, choice")
+        if self.randint and not (self.randint.low.is_integer() and self.randint.high.is_integer()):
+            raise ValueError("randint needs whole-number bounds")
         return self
+
+    @property
+    def discrete(self) -> bool:
+        """Whether the values can be listed (what a grid search needs)."""
+        return self.choice is not None or self.randint is not None
+
+    def examples(self) -> list[Any]:
+        """Values this dimension can produce, to check up front that the template takes them:
+        every choice, else the low bound and a midpoint (fractional for real ranges)."""
+        if self.choice is not None:
+            return list(self.choice)
+        if self.randint:
+            return [int(self.randint.low), int(self.randint.high) - 1]
+        bounds = self.uniform or self.loguniform
+        assert bounds
+        return [bounds.low, (bounds.low + bounds.high) / 2]
 
 
 class Objective(ApiModel):
@@ -173,6 +192,67 @@ class TuningSweepSpec(ApiModel):
             *immutable("template", "searchSpace", "objective", "algorithm", "earlyStopping")
         )
     }
+
+    @field_validator("search_space")
+    @classmethod
+    def _fits_the_template(
+        cls, space: dict[str, Dimension], info: ValidationInfo
+    ) -> dict[str, Dimension]:
+        template = info.data.get("template")
+        if template is None:  # the template itself is invalid; that error is reported instead
+            return space
+        for key, dimension in space.items():
+            for value in dimension.examples():
+                try:
+                    trial_spec(template, {key: value})
+                except ValueError as error:
+                    message = f"{key}: the template cannot take {value!r}: {error}"
+                    raise ValueError(message) from None
+        return space
+
+    @model_validator(mode="after")
+    def _trials_can_run(self) -> TuningSweepSpec:
+        # A trial runs the built-in loop in-process in its Tune trial (see mlplane.training.tuning).
+        if self.template.model.entrypoint:
+            raise ValueError(
+                "template.model.entrypoint: sweeps run the built-in xgboost and torch models; "
+                "custom training code is not supported in a TuningSweep yet"
+            )
+        if self.template.resources.workers > 1:
+            raise ValueError(
+                "template.resources.workers: each trial trains on one worker; "
+                "use trials.parallel to run more trials at once"
+            )
+        if self.algorithm == "grid":
+            for key, dimension in self.search_space.items():
+                if not dimension.discrete:
+                    raise ValueError(f"searchSpace.{key}: algorithm grid needs choice or randint")
+        return self
+
+
+def trial_spec(template: TrainingJobSpec, sampled: Mapping[str, Any]) -> TrainingJobSpec:
+    """The TrainingJob spec one trial runs: the template with the sampled values filled in.
+
+    A plain name (`eta`) is a hyperparameter; a dotted path (`model.params.dropout`,
+    `earlyStopping.patience`) is a field of the template as written in YAML. The result is
+    validated like any TrainingJob, so a value the template cannot take fails with its path.
+    """
+    wire = template.to_dict()
+    for key, value in sampled.items():
+        path = key.split(".") if "." in key else ["hyperparameters", key]
+        node = wire
+        for depth, part in enumerate(path[:-1], start=1):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{'.'.join(path[:depth])} is not a mapping")
+        node[path[-1]] = value
+    try:
+        return TrainingJobSpec.model_validate(wire)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{field}: {message}") from None
 
 
 class BestTrial(ApiModel):

@@ -1,13 +1,23 @@
-"""`mlplane run FILE`: the same spec, the same reconciler and status, without Kubernetes."""
+"""`mlplane run FILE`: the same spec, the same reconciler and status, without Kubernetes.
+
+Each kind `mlplane run` knows is one entry in `KINDS`: its API model, which of the runtime's
+reconcilers drives it, and the live view that shows it while it runs (an epoch bar for a
+TrainingJob, a table of trials for a TuningSweep). Adding a kind is adding an entry.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
 
 import yaml
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -15,48 +25,104 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
+from rich.text import Text
 
 from mlplane.crds.trainingjob import TrainingJob
+from mlplane.crds.tuningsweep import TuningSweep
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.runtime import Runtime
-from mlplane.operator.status import TERMINAL_PHASES
+from mlplane.operator.status import TERMINAL_PHASES, Event
+from mlplane.operator.tracking import RunSnapshot
 
 POLL_SECONDS = 1.0
 
 
-def run_training_job(
-    job: TrainingJob, runtime: Runtime, console: Console, poll_seconds: float = POLL_SECONDS
-) -> TrainingJob:
-    """Reconcile until the job ends, showing progress; the finished job carries its status."""
-    job = job.model_copy(deep=True)
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("epoch"),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[metric]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(job.metadata.name, total=None, metric="")
+class View(Protocol):
+    """What the terminal shows while one resource runs."""
+
+    def __enter__(self) -> View: ...
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def event(self, event: Event) -> None: ...
+
+    def update(self, resource: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How `mlplane run` handles one kind."""
+
+    model: type[TrainingJob] | type[TuningSweep]
+    reconciler: Callable[[Runtime], Any]
+    """The runtime's reconciler for this kind."""
+    view: Callable[[Any, Runtime, Console], View]
+    """The live view of a resource of this kind."""
+
+
+def run_resource(
+    resource: Any, reconciler: Any, view: View, poll_seconds: float = POLL_SECONDS
+) -> Any:
+    """Reconcile until the resource ends, showing it; the finished copy carries its status."""
+    resource = resource.model_copy(deep=True)
+    with view:
         while True:
-            step = runtime.training.reconcile(job)
-            job.status = step.status
+            step = reconciler.reconcile(resource)
+            resource.status = step.status
             for event in step.events:
-                colour = "yellow" if event.type == "Warning" else "cyan"
-                progress.console.print(f"[{colour}]{event.reason}[/]: {event.message}")
-            status = step.status
-            if status.progress:
-                progress.update(
-                    bar,
-                    total=status.progress.of or None,
-                    completed=status.progress.epoch,
-                    metric=_headline(status.metrics),
-                )
-            if status.phase in TERMINAL_PHASES:
-                break
+                view.event(event)
+            view.update(resource)
+            if step.status.phase in TERMINAL_PHASES:
+                return resource
             time.sleep(poll_seconds)
-    return job
+
+
+def _event_text(event: Event) -> str:
+    colour = "yellow" if event.type == "Warning" else "cyan"
+    return f"[{colour}]{event.reason}[/]: {event.message}"
+
+
+class EpochBar:
+    """A TrainingJob: one progress bar over its epochs, with the headline validation metrics."""
+
+    def __init__(self, job: TrainingJob, runtime: Runtime, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("epoch"),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[metric]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.bar = self.progress.add_task(job.metadata.name, total=None, metric="")
+
+    def __enter__(self) -> EpochBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def event(self, event: Event) -> None:
+        self.progress.console.print(_event_text(event))
+
+    def update(self, job: TrainingJob) -> None:
+        status = job.status
+        if status and status.progress:
+            self.progress.update(
+                self.bar,
+                total=status.progress.of or None,
+                completed=status.progress.epoch,
+                metric=_headline(status.metrics),
+            )
 
 
 def _headline(metrics: dict[str, float]) -> str:
@@ -64,17 +130,109 @@ def _headline(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={metrics[k]:.4f}" for k in shown[:2])
 
 
-def run_file(path: Path, config: OperatorConfig, console: Console) -> TrainingJob:
+class TrialTable:
+    """A TuningSweep: a live table of its trials (read from their MLflow runs) and the best."""
+
+    def __init__(self, sweep: TuningSweep, runtime: Runtime, console: Console) -> None:
+        self.tracking = runtime.tracking
+        self.live = Live(console=console, auto_refresh=False, transient=False)
+
+    def __enter__(self) -> TrialTable:
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.stop()
+        self.live.console.line()  # what follows (the status) starts on a line of its own
+
+    def event(self, event: Event) -> None:
+        self.live.console.print(_event_text(event))
+
+    def update(self, sweep: TuningSweep) -> None:
+        ref = sweep.status.mlflow if sweep.status else None
+        trials = self.tracking.children(ref) if ref else []
+        self.live.update(trial_table(sweep, trials), refresh=True)
+
+
+def _number(value: object) -> str:
+    if isinstance(value, float) or (isinstance(value, str) and _is_float(value)):
+        return f"{float(value):.4g}"
+    return str(value)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return "." in text or "e" in text.lower()
+
+
+def trial_table(sweep: TuningSweep, trials: Iterable[RunSnapshot]) -> Group:
+    """The trials (one MLflow child run each): number, state, sampled params, objective, epochs;
+    the best trial highlighted and summed up below."""
+    status = sweep.status
+    metric = sweep.spec.objective.metric
+    params = list(sweep.spec.search_space)
+    best = status.best_trial if status else None
+    table = Table(title=f"{sweep.metadata.name}: trials", title_justify="left")
+    for column in ("#", "state", *params, metric, "epochs"):
+        table.add_column(column, justify="right" if column != "state" else "left")
+    rows = sorted(trials, key=lambda t: int(t.tags.get("mlplane.trial_number", "0")))
+    for trial in rows:
+        number = trial.tags.get("mlplane.trial_number", "?")
+        state = trial.tags.get("mlplane.trial_state") or trial.status.lower()
+        value = trial.metrics.get(metric)
+        epochs = trial.metrics.get("epoch")
+        table.add_row(
+            number,
+            state,
+            *(_number(trial.params.get(p, "")) for p in params),
+            f"{value:.4f}" if value is not None else "",
+            str(int(epochs)) if epochs is not None else "",
+            style="bold green" if best and str(best.number) == number else None,
+        )
+    counts = status.trials if status else None
+    summary = Text(
+        f"{counts.completed} completed, {counts.pruned} pruned, {counts.failed} failed, "
+        f"{counts.running} running"
+        if counts
+        else "waiting for the first trial"
+    )
+    if best and metric in best.metrics:
+        sampled = ", ".join(f"{k}={_number(v)}" for k, v in best.params.items())
+        summary.append(
+            f"\nbest: trial {best.number}, {metric}={best.metrics[metric]:.4f} ({sampled})"
+        )
+    return Group(table, summary)
+
+
+KINDS: dict[str, Kind] = {
+    "TrainingJob": Kind(TrainingJob, lambda runtime: runtime.training, EpochBar),
+    "TuningSweep": Kind(TuningSweep, lambda runtime: runtime.tuning, TrialTable),
+}
+
+
+def load(path: Path) -> tuple[Any, Kind]:
+    """The manifest as its API model, with the metadata a local run needs, and its kind."""
     doc = yaml.safe_load(path.read_text())
+    kind = KINDS.get(doc.get("kind", ""))
+    if kind is None:
+        raise ValueError(f"kind: mlplane run handles {', '.join(KINDS)}, not {doc.get('kind')!r}")
     doc.setdefault("metadata", {}).update(
         namespace=doc["metadata"].get("namespace", "local"), uid=str(uuid.uuid4()), generation=1
     )
-    job = TrainingJob.model_validate(doc)
+    return kind.model.model_validate(doc), kind
+
+
+def run_file(path: Path, config: OperatorConfig, console: Console) -> Any:
+    resource, kind = load(path)
     console.print(f"starting the embedded runtime under {config.data_dir} …")
     runtime = Runtime.start(config)
-    return run_training_job(job, runtime, console)
+    view = kind.view(resource, runtime, console)
+    return run_resource(resource, kind.reconciler(runtime), view)
 
 
-def status_yaml(job: TrainingJob) -> str:
-    status = job.status.to_dict() if job.status else {}
+def status_yaml(resource: Any) -> str:
+    status = resource.status.to_dict() if resource.status else {}
     return yaml.safe_dump({"status": status}, sort_keys=False)

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
+from mlflow.entities import Run
 
 from mlplane.crds.base import MlflowRef
 
@@ -20,6 +21,12 @@ class RunSnapshot:
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, run: Run) -> RunSnapshot:
+        data = run.data
+        return cls(run.info.run_id, run.info.status, data.metrics, data.tags, data.params)
 
 
 class Tracking:
@@ -65,12 +72,19 @@ class Tracking:
             filter_string=f"attributes.run_id IN ({ids})",
             max_results=len(refs),
         )
-        return {
-            run.info.run_id: RunSnapshot(
-                run.info.run_id, run.info.status, dict(run.data.metrics), dict(run.data.tags)
-            )
-            for run in runs
-        }
+        return {run.info.run_id: RunSnapshot.of(run) for run in runs}
+
+    def children(self, parent: MlflowRef) -> list[RunSnapshot]:
+        """The runs nested under `parent` (a sweep's trials), oldest first."""
+        if not (parent.run_id and parent.experiment_id):
+            return []
+        runs = self.client.search_runs(
+            [parent.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=10000,
+        )
+        return [RunSnapshot.of(run) for run in runs]
 
 
 class MetricsFeed:

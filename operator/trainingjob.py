@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlplane.crds.base import Progress, RegisteredModel
+from mlplane.crds.base import Progress, RegisteredModel, RunStatus
 from mlplane.crds.trainingjob import TrainingJob, TrainingJobSpec, TrainingJobStatus
 from mlplane.operator.lifecycle import RunReconciler, Step, resource_problems
 from mlplane.operator.status import Event, now, set_condition
@@ -21,7 +21,8 @@ def key_metric(metrics: dict[str, float]) -> str | None:
     return f"{key}={metrics[key]:.4f}" if key else None
 
 
-def eta_seconds(status: TrainingJobStatus, done: int, planned: int) -> int | None:
+def eta_seconds(status: RunStatus, done: int, planned: int) -> int | None:
+    """Seconds left, if the rest goes as fast as what is done so far."""
     if not (status.start_time and done and planned > done):
         return None
     elapsed = (now() - status.start_time).total_seconds()

@@ -16,6 +16,7 @@ from mlplane.crds.tuningsweep import BestTrial, TrialCounts, TuningSweep, Tuning
 from mlplane.operator.lifecycle import RunReconciler, Step, resource_problems
 from mlplane.operator.status import Event, set_condition
 from mlplane.operator.tracking import RunSnapshot
+from mlplane.operator.trainingjob import eta_seconds
 
 # An interrupted sweep (Ray restarted, the job vanished) resumes from Tune's saved state this
 # many times; a sweep that failed on its own terms (too many failed trials) is not retried.
@@ -74,7 +75,8 @@ class TuningSweepReconciler(RunReconciler[TuningSweepStatus]):
         planned = int(run.tags.get("mlplane.trials_planned", "0") or 0)
         finished = counts["completed"] + counts["failed"] + counts["pruned"]
         if planned:
-            status.progress = Progress(epoch=finished, of=planned)
+            eta = eta_seconds(status, finished, planned)
+            status.progress = Progress(epoch=finished, of=planned, eta_seconds=eta)
 
     def succeed(
         self, step: Step[TuningSweepStatus], sweep: TuningSweep, run: RunSnapshot | None

@@ -4,6 +4,9 @@ Each epoch ends in one `ray.train.report`: the metrics (with `epoch`, 1-based an
 across retries), and every `checkpoint.every` epochs a checkpoint holding the model plus a
 `mlplane_state.json` with the epoch count and the early-stopping state. A retried attempt gets
 that checkpoint back from `ray.train.get_checkpoint()` and carries on from the next epoch.
+
+The same loops also run in-process as the trials of a TuningSweep (`mlplane.training.tuning`):
+there the trial is the only worker, and reports and checkpoints go to Ray Tune instead.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
+import ray.tune
 
 STATE_FILE = "mlplane_state.json"
 FAULT_ENV = "MLPLANE_TEST_FAIL_AT_EPOCH"
@@ -39,9 +43,16 @@ class LoopState:
     """The epoch that reached `best`."""
 
 
+def in_tune_trial() -> bool:
+    """Whether the loop runs in a Ray Tune trial (a TuningSweep's) rather than on a Train worker."""
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+    return bool(_in_tune_session())
+
+
 def restore(load_model: Callable[[Path], Any]) -> tuple[LoopState, Any]:
     """The state and model of the checkpoint this attempt resumes from, or a fresh start."""
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.tune.get_checkpoint() if in_tune_trial() else ray.train.get_checkpoint()
     if checkpoint is None:
         return LoopState(), None
     with checkpoint.as_directory() as directory:
@@ -90,17 +101,19 @@ def report_epoch(
     save_model: Callable[[Path], None],
     attempt: int,
 ) -> None:
-    """Report one epoch to Ray Train, with a checkpoint from rank 0 when one is due."""
+    """Report one epoch to Ray Train (or Tune), with a checkpoint from rank 0 when one is due."""
     state.epoch = epoch
     payload = {**{k: float(v) for k, v in metrics.items()}, "epoch": epoch}
-    if checkpoint_now and ray.train.get_context().get_world_rank() == 0:
+    trial = in_tune_trial()
+    library = ray.tune if trial else ray.train
+    if checkpoint_now and (trial or ray.train.get_context().get_world_rank() == 0):
         with tempfile.TemporaryDirectory() as directory:
             path = Path(directory)
             save_model(path)
             (path / STATE_FILE).write_text(json.dumps(asdict(state)))
-            ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(directory))
+            library.report(payload, checkpoint=library.Checkpoint.from_directory(directory))
     else:
-        ray.train.report(payload)
+        library.report(payload)
     _maybe_inject_fault(epoch, attempt)
 
 
@@ -119,7 +132,10 @@ def shard(rows: int) -> slice:
     """This worker's equal share of `rows` (a strided slice; the remainder is dropped).
 
     Equal shares keep data-parallel workers in lock step: each runs the same number of batches.
+    A Tune trial is the only worker and takes every row.
     """
+    if in_tune_trial():
+        return slice(0, rows)
     context = ray.train.get_context()
     world, rank = context.get_world_size(), context.get_world_rank()
     usable = rows - rows % world if rows >= world else rows

@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata
 import json
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -34,7 +35,7 @@ from ray.train import (
     WorkerGroupError,
 )
 
-from mlplane.crds.base import quantity_value
+from mlplane.crds.base import ApiModel, Resources, quantity_value
 from mlplane.crds.trainingjob import ResourceRequest, TrainingJobSpec
 from mlplane.training.datasets import (
     Splits,
@@ -49,6 +50,8 @@ from mlplane.training.packaging import TabularModel, load_checkpoint_model, log_
 from mlplane.training.preprocessing import Prepared, PreparedData, prepare
 from mlplane.training.tracking import ERROR_TAG, EpochLogger, open_run, params_of
 from mlplane.training.worker import BUILT_IN_LOOPS, planned_epochs, resolve, run_loop
+
+MODEL_VERSION_TAG = "mlplane.model_version"
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,17 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Stopped(f"stopped by signal {signal.Signals(signum).name}")
 
 
-def train(spec: TrainingJobSpec, context: RunContext) -> None:
-    """Run one attempt; the MLflow run ends FINISHED, or FAILED/KILLED with `mlplane.error`."""
+def run_attempt(context: RunContext, work: Callable[[MlflowClient, str], None]) -> None:
+    """Run one attempt of a TrainingJob or TuningSweep as the active MLflow run's `work`.
+
+    The run ends FINISHED, or FAILED/KILLED with `mlplane.error`, which the operator reads.
+    """
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     mlflow.set_tracking_uri(context.mlflow_tracking_uri)
     client = MlflowClient()
     run_id = open_run(client, context.experiment, context.uid, context.name)
     try:
-        _train(spec, context, client, run_id)
+        work(client, run_id)
     except BaseException as error:
         mlflow.set_tag(ERROR_TAG, error_line(error))
         mlflow.end_run("KILLED" if isinstance(error, Stopped | KeyboardInterrupt) else "FAILED")
@@ -102,39 +108,79 @@ def train(spec: TrainingJobSpec, context: RunContext) -> None:
     mlflow.end_run("FINISHED")
 
 
-def _train(spec: TrainingJobSpec, context: RunContext, client: MlflowClient, run_id: str) -> None:
-    mlflow.set_tags(_lineage_tags(spec, context))
-    entrypoint = spec.model.entrypoint or BUILT_IN_LOOPS[spec.framework]
-    resolve(entrypoint)  # a bad entrypoint fails here, before any worker starts
+def train(spec: TrainingJobSpec, context: RunContext) -> None:
+    """Run one attempt of a TrainingJob."""
+    run_attempt(context, lambda client, run_id: _train(spec, context, client, run_id))
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The job's rows, split and preprocessed: the same for every attempt (and every trial)."""
+
+    splits: Splits
+    prepared: Prepared
+    features: list[str]
+    dataset_hash: str
+
+
+def load_training_data(spec: TrainingJobSpec) -> TrainingData:
+    """Load, split and preprocess the dataset in the driver, before any worker starts."""
     table = load_table(spec.dataset.uri)
     label = spec.dataset.label
     features = feature_columns(table, spec.dataset)
     task = resolve_task(table[label], spec.model.task)
-    mlflow.set_tag("mlplane.dataset_hash", content_hash(table))
-    mlflow.log_params(_params(spec, task))
     splits = split_table(table, label, spec.dataset.split, task)
     prepared = prepare(splits, features, label, task)
+    return TrainingData(splits, prepared, features, content_hash(table))
+
+
+def _train(spec: TrainingJobSpec, context: RunContext, client: MlflowClient, run_id: str) -> None:
+    mlflow.set_tags(
+        lineage_tags("TrainingJob", spec_hash(spec), context, spec)
+        | {"mlplane.epochs_planned": str(planned_epochs(spec.framework, spec.hyperparameters))}
+    )
+    resolve(entrypoint(spec))  # a bad entrypoint fails here, before any worker starts
+    data = load_training_data(spec)
+    mlflow.set_tag("mlplane.dataset_hash", data.dataset_hash)
+    mlflow.log_params(training_params(spec, data.prepared.data.task))
 
     ray.init()
-    result = _fit(spec, context, prepared, entrypoint, run_id)
-    _evaluate_and_publish(spec, result, prepared, splits, features, client)
+    result = _fit(spec, context, data.prepared, run_id)
+    evaluate_and_publish(spec, result, data, client)
 
 
-def _evaluate_and_publish(
-    spec: TrainingJobSpec,
-    result: Result,
-    prepared: Prepared,
-    splits: Splits,
-    features: list[str],
-    client: MlflowClient,
+def entrypoint(spec: TrainingJobSpec) -> str:
+    """The training loop, `package.module:function`: the user's, or the framework's built-in."""
+    return spec.model.entrypoint or BUILT_IN_LOOPS[spec.framework]
+
+
+def loop_config(spec: TrainingJobSpec, data: object, attempt: int) -> dict[str, Any]:
+    """The config every training loop receives (see `mlplane.training.worker`)."""
+    early = spec.early_stopping
+    return {
+        "entrypoint": entrypoint(spec),
+        "data": data,
+        "hyperparameters": spec.hyperparameters,
+        "model_params": spec.model.params,
+        "early_stopping": early.model_dump() if early else None,
+        "checkpoint_every": spec.checkpoint.every,
+        "attempt": attempt,
+    }
+
+
+def evaluate_and_publish(
+    spec: TrainingJobSpec, result: Result, data: TrainingData, client: MlflowClient
 ) -> None:
-    """Test metrics of the chosen checkpoint, the gates, the logged model and its registration."""
+    """Test metrics of the chosen checkpoint, the gates, the logged model and its registration,
+    all on the active run. A run that already registered a version (an attempt that died after
+    registering) is not registered again."""
+    prepared, splits = data.prepared, data.splits
     task = prepared.data.task
     checkpoint, epoch_metrics = _chosen_checkpoint(result, spec)
     with checkpoint.as_directory() as directory:
         trained = load_checkpoint_model(spec.framework, Path(directory))
     model = TabularModel(
-        spec.framework, trained, prepared.preprocessor, features, task, prepared.classes
+        spec.framework, trained, prepared.preprocessor, data.features, task, prepared.classes
     )
 
     metrics = (
@@ -149,6 +195,9 @@ def _evaluate_and_publish(
     gates = evaluate_gates(spec.gates, metrics)
     mlflow.set_tag("mlplane.gates", gates)
 
+    active = mlflow.active_run()
+    if active and MODEL_VERSION_TAG in client.get_run(active.info.run_id).data.tags:
+        return
     info = log_model(model, splits.train, _code_paths(spec.model.entrypoint))
     name = spec.tracking.register_as
     if name and not gates.startswith("failed"):
@@ -158,26 +207,17 @@ def _evaluate_and_publish(
         mlflow.set_tags(
             {
                 "mlplane.model_name": name,
-                "mlplane.model_version": str(version),
+                MODEL_VERSION_TAG: str(version),
                 "mlplane.model_uri": f"models:/{name}/{version}",
             }
         )
 
 
-def _fit(
-    spec: TrainingJobSpec, context: RunContext, prepared: Prepared, entrypoint: str, run_id: str
-) -> Result:
+def _fit(spec: TrainingJobSpec, context: RunContext, prepared: Prepared, run_id: str) -> Result:
     """Ray Train, named by UID under storagePath: a retry finds the earlier checkpoints."""
     early = spec.early_stopping
-    config = {
-        "entrypoint": entrypoint,
-        "data": ray.put(prepared.data),
-        "hyperparameters": spec.hyperparameters,
-        "model_params": spec.model.params,
-        "early_stopping": early.model_dump() if early else None,
-        "checkpoint_every": spec.checkpoint.every,
-        "attempt": context.attempt,
-    }
+    # The data goes through the object store once, not pickled into every worker's config.
+    config = loop_config(spec, ray.put(prepared.data), context.attempt)
     run_config = RunConfig(
         name=context.uid,
         storage_path=context.storage_path,
@@ -203,16 +243,23 @@ def _fit(
     return trainer.fit()
 
 
-def scaling_config(resources: ResourceRequest) -> ScalingConfig:
-    """`resources.workers`/`perWorker` in Ray's terms (memory in bytes, GPUs when asked)."""
-    per_worker = resources.per_worker
+def worker_resources(per_worker: Resources) -> dict[str, float]:
+    """`perWorker` as Ray resources: CPUs, GPUs when asked, memory in bytes."""
     wanted: dict[str, float] = {"CPU": float(quantity_value(per_worker.cpu))}
     if per_worker.gpu:
         wanted["GPU"] = float(per_worker.gpu)
     if per_worker.memory is not None:
         wanted["memory"] = float(quantity_value(per_worker.memory))
+    return wanted
+
+
+def scaling_config(resources: ResourceRequest) -> ScalingConfig:
+    """`resources.workers`/`perWorker` in Ray Train's terms."""
+    per_worker = resources.per_worker
     return ScalingConfig(
-        num_workers=resources.workers, use_gpu=per_worker.gpu > 0, resources_per_worker=wanted
+        num_workers=resources.workers,
+        use_gpu=per_worker.gpu > 0,
+        resources_per_worker=worker_resources(per_worker),
     )
 
 
@@ -245,31 +292,34 @@ def _primary_metric(spec: TrainingJobSpec, data: PreparedData) -> str:
     return "loss"
 
 
-def spec_hash(spec: TrainingJobSpec) -> str:
+def spec_hash(spec: ApiModel) -> str:
     """SHA-256 of the spec's canonical JSON wire form."""
     return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
-def _lineage_tags(spec: TrainingJobSpec, context: RunContext) -> dict[str, str]:
+def lineage_tags(
+    kind: str, spec_sha: str, context: RunContext, training: TrainingJobSpec
+) -> dict[str, str]:
+    """Who ran what: the resource, the attempt, mlplane's version, the spec and dataset."""
     try:
         version = importlib.metadata.version("mlplane")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     return {
-        **spec.tracking.tags,
+        **training.tracking.tags,
         "mlplane.uid": context.uid,
-        "mlplane.kind": "TrainingJob",
+        "mlplane.kind": kind,
         "mlplane.namespace": context.namespace,
         "mlplane.name": context.name,
         "mlplane.attempt": str(context.attempt),
         "mlplane.version": version,
-        "mlplane.spec_hash": spec_hash(spec),
-        "mlplane.dataset_uri": spec.dataset.uri,
-        "mlplane.epochs_planned": str(planned_epochs(spec.framework, spec.hyperparameters)),
+        "mlplane.spec_hash": spec_sha,
+        "mlplane.dataset_uri": training.dataset.uri,
     }
 
 
-def _params(spec: TrainingJobSpec, task: str) -> dict[str, str]:
+def training_params(spec: TrainingJobSpec, task: str) -> dict[str, str]:
+    """The MLflow params of a training run: the setup, the model params and hyperparameters."""
     split = spec.dataset.split
     key_fields = {
         "framework": spec.framework,
@@ -306,13 +356,18 @@ def _code_paths(entrypoint: str | None) -> list[str]:
 
 
 def root_cause(error: BaseException) -> BaseException:
-    """The exception that actually broke training, unwrapped from Ray Train's and Ray's wrappers."""
-    if isinstance(error, WorkerGroupError) and error.worker_failures:
-        error = error.worker_failures[min(error.worker_failures)]
-    elif isinstance(error, ControllerError):
-        error = error.controller_failure
-    cause = getattr(error, "cause", None)  # ray.exceptions.RayTaskError carries the original
-    return cause if isinstance(cause, BaseException) else error
+    """The exception that actually broke training, unwrapped from Ray Train's, Tune's and Ray's
+    wrappers (which may nest: a Tune trial's task error around a Train worker group's)."""
+    while True:
+        if isinstance(error, WorkerGroupError) and error.worker_failures:
+            inner: object = error.worker_failures[min(error.worker_failures)]
+        elif isinstance(error, ControllerError):
+            inner = error.controller_failure
+        else:
+            inner = getattr(error, "cause", None)  # ray.exceptions.RayTaskError: the original
+        if not isinstance(inner, BaseException) or inner is error:
+            return error
+        error = inner
 
 
 def error_line(error: BaseException) -> str:

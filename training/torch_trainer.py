@@ -22,6 +22,7 @@ from torch import nn
 from mlplane.training.epochs import (
     EarlyStopping,
     checkpoint_due,
+    in_tune_trial,
     report_epoch,
     restore,
     shard,
@@ -126,7 +127,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     early = EarlyStopping(config["early_stopping"], state)
     if state.epoch >= epochs or early.ran_out:
         return  # the restored checkpoint is already the final model
-    model = ray.train.torch.prepare_model(module)  # device placement and DDP
+    if in_tune_trial():  # the trial is the only worker: no DDP
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = module.to(device)
+    else:
+        model = ray.train.torch.prepare_model(module)  # device placement and DDP
+        device = ray.train.torch.get_device()
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=float(hp.get("lr", 1e-3)),
@@ -134,7 +140,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     if restored and restored[1]:
         optimizer.load_state_dict(restored[1])
-    device = ray.train.torch.get_device()
     label_type = torch.int64 if classification else torch.float32
     # Copies: arrays from the object store are read-only, which torch does not support.
     x_train = torch.tensor(data.x_train, device=device)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import numbers
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import mlflow
@@ -59,6 +60,25 @@ def params_of(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return {f"{prefix}{key}": str(value)[:6000] for key, value in values.items()}
 
 
+def numeric(values: Mapping[str, Any]) -> dict[str, float]:
+    """The real-valued entries of a report: what MLflow can take as metrics."""
+    return {
+        key: float(value)
+        for key, value in values.items()
+        if isinstance(value, numbers.Real) and not isinstance(value, bool)
+    }
+
+
+def log_epoch(tracking_uri: str, run_id: str, values: Mapping[str, float], step: int) -> None:
+    """One report's metrics at `step`; a lost curve point is logged, never raised."""
+    now = int(time.time() * 1000)
+    batch = [Metric(key, value, now, step) for key, value in sorted(values.items())]
+    try:
+        MlflowClient(tracking_uri).log_batch(run_id, metrics=batch)
+    except MlflowException as error:
+        log.warning("could not log epoch %s to MLflow: %s", step, error)
+
+
 class EpochLogger(UserCallback):
     """Copies each `ray.train.report` of rank 0 into the MLflow run, at step = `epoch`.
 
@@ -78,15 +98,5 @@ class EpochLogger(UserCallback):
         checkpoint: Checkpoint | None,
     ) -> None:
         self.reports += 1
-        values = {
-            key: float(value)
-            for key, value in (metrics[0] if metrics else {}).items()
-            if isinstance(value, numbers.Real) and not isinstance(value, bool)
-        }
-        step = int(values.get("epoch", self.reports))
-        now = int(time.time() * 1000)
-        batch = [Metric(key, value, now, step) for key, value in sorted(values.items())]
-        try:
-            MlflowClient(self.tracking_uri).log_batch(self.run_id, metrics=batch)
-        except MlflowException as error:  # a lost curve point must not end the training
-            log.warning("could not log epoch %s to MLflow: %s", step, error)
+        values = numeric(metrics[0] if metrics else {})
+        log_epoch(self.tracking_uri, self.run_id, values, int(values.get("epoch", self.reports)))

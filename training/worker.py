@@ -53,6 +53,11 @@ def run_loop(config: dict[str, Any]) -> None:
     The data goes through the object store once rather than pickled into every worker's config,
     and workers on the same node share it without copies.
     """
-    loop = resolve(config["entrypoint"])
     data: PreparedData = ray.get(config["data"])
-    loop({**{k: v for k, v in config.items() if k != "entrypoint"}, "data": data})
+    call_loop({**config, "data": data})
+
+
+def call_loop(config: dict[str, Any]) -> None:
+    """Call `config["entrypoint"]` with the rest of the config (the data already in hand)."""
+    loop = resolve(config["entrypoint"])
+    loop({k: v for k, v in config.items() if k != "entrypoint"})

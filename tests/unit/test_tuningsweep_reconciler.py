@@ -74,6 +74,7 @@ def test_trial_counts_best_trial_and_promotion(parts) -> None:
         "pruned": 3,
     }
     assert (sweep.status.progress.epoch, sweep.status.progress.of) == (9, 12)
+    assert sweep.status.progress.eta_seconds is not None  # 3 trials to go at this pace
     assert sweep.status.best_trial.params == {"eta": 0.2, "max_depth": 3}
     assert sweep.status.key_metric == "val_auc=0.9950"
 

@@ -1,0 +1,71 @@
+"""`mlplane run` by kind: which model and view a manifest gets, and the sweep's trial table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from mlplane.crds.trainingjob import TrainingJob
+from mlplane.crds.tuningsweep import BestTrial, TrialCounts, TuningSweep, TuningSweepStatus
+from mlplane.operator.run import KINDS, EpochBar, TrialTable, load, trial_table
+from mlplane.operator.tracking import RunSnapshot
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def test_each_example_kind_loads_with_its_view() -> None:
+    job, kind = load(EXAMPLES / "trainingjob-xgboost.yaml")
+    assert isinstance(job, TrainingJob) and kind.view is EpochBar
+    sweep, kind = load(EXAMPLES / "tuningsweep-xgboost.yaml")
+    assert isinstance(sweep, TuningSweep) and kind.view is TrialTable
+    assert sweep.metadata.namespace == "local" and sweep.metadata.uid
+    assert set(KINDS) == {"TrainingJob", "TuningSweep"}
+
+
+def test_a_kind_it_cannot_run_is_refused_by_name(tmp_path: Path) -> None:
+    manifest = tmp_path / "md.yaml"
+    manifest.write_text(yaml.safe_dump({"kind": "Deployment", "metadata": {"name": "x"}}))
+    with pytest.raises(ValueError, match="kind: mlplane run handles TrainingJob, TuningSweep"):
+        load(manifest)
+
+
+def trial(number: int, state: str | None, status: str, auc: float, epoch: int) -> RunSnapshot:
+    tags = {"mlplane.trial_number": str(number)}
+    if state:
+        tags["mlplane.trial_state"] = state
+    params = {"eta": str(0.123456 * (number + 1)), "max_depth": str(number + 2)}
+    return RunSnapshot(f"r{number}", status, {"val_auc": auc, "epoch": epoch}, tags, params)
+
+
+def test_the_trial_table_shows_params_metric_state_and_the_best() -> None:
+    sweep, _ = load(EXAMPLES / "tuningsweep-xgboost.yaml")
+    sweep.status = TuningSweepStatus(
+        trials=TrialCounts(completed=1, running=1, pruned=1),
+        best_trial=BestTrial(number=0, params={"eta": 0.123456}, metrics={"val_auc": 0.991}),
+    )
+    trials = [
+        trial(2, None, "RUNNING", 0.97, 3),
+        trial(0, "completed", "FINISHED", 0.991, 40),
+        trial(1, "pruned", "KILLED", 0.95, 5),
+    ]
+    console = Console(width=160, record=True)
+    console.print(trial_table(sweep, trials))
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "state" in line)
+    for column in ("eta", "max_depth", "subsample", "min_child_weight", "val_auc", "epochs"):
+        assert column in header
+    rows = [line for line in lines if line.startswith("│")]
+    assert [row.split("│")[2].strip() for row in rows] == ["completed", "pruned", "running"]
+    assert "0.1235" in rows[0] and "0.9910" in rows[0] and rows[0].rstrip("│ ").endswith("40")
+    assert "1 completed, 1 pruned, 0 failed, 1 running" in lines[-2]
+    assert lines[-1] == "best: trial 0, val_auc=0.9910 (eta=0.1235)"
+
+
+def test_the_trial_table_before_the_first_trial() -> None:
+    sweep, _ = load(EXAMPLES / "tuningsweep-xgboost.yaml")
+    console = Console(width=160, record=True)
+    console.print(trial_table(sweep, []))
+    assert "waiting for the first trial" in console.export_text()
