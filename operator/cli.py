@@ -93,7 +93,9 @@ def operator(
     ] = None,
     priority: Annotated[
         int | None,
-        typer.Option(help="Peering priority; the highest live one works [default: the oldest]."),
+        typer.Option(
+            help="Peering priority: the highest live replica works (default: the oldest)."
+        ),
     ] = None,
     json_logs: Annotated[bool, typer.Option(help="Log one JSON object per line.")] = False,
 ) -> None:

@@ -4,7 +4,8 @@ The chart is rendered in single-namespace mode and applied to the real API serve
 runs the command line of the chart's Deployment, its configuration from the chart's ConfigMap,
 authenticated by a TokenRequest token of the chart's ServiceAccount (no admin credentials). Only
 what a pod would get elsewhere is swapped: the Ray and MLflow of the test session, free ports.
-A TrainingJob goes to Succeeded, while /metrics is scraped as Prometheus would.
+Two replicas run, as with `replicaCount: 2`: one works, the other waits. A TrainingJob goes to
+Succeeded, while /metrics is scraped as Prometheus would.
 
 Its namespaces are named chart-*, outside the session operator's test-* pattern.
 """
@@ -17,7 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,26 +50,31 @@ JOB = {
         "checkpoint": {"every": 5, "keep": 1},
     },
 }
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @dataclass
-class ChartOperator:
-    """The chart's operator process, the namespace it serves, and where it answers."""
+class Replica:
+    """One operator process and where it answers."""
 
     process: OperatorProcess
-    resources: Resources
     health_url: str
     metrics_url: str
-    peering: str
 
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.health_url, timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError):
-            return False
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            try:
+                with urllib.request.urlopen(self.health_url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            alive = self.process.process and self.process.process.poll() is None
+            assert alive and time.monotonic() < deadline, self.process.log()[-3000:]
+            time.sleep(0.5)
 
-    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def scrape(self) -> Samples:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             text = response.read().decode()
         return {
@@ -77,6 +83,35 @@ class ChartOperator:
             for s in family.samples
         }
 
+
+@dataclass
+class ChartOperator:
+    """Replicas of the chart's operator, started the way its Deployment starts them."""
+
+    args: list[str]
+    env: dict[str, str]
+    logs: Path
+    resources: Resources
+    peering: str
+    replicas: list[Replica] = field(default_factory=list)
+
+    def start_replica(self) -> Replica:
+        health, metrics = embedded.free_port(), embedded.free_port()
+        local = {
+            "liveness": f"http://127.0.0.1:{health}/healthz",
+            "metrics-port": str(metrics),
+        }
+        args = [
+            next((f"--{k}={v}" for k, v in local.items() if a.startswith(f"--{k}=")), a)
+            for a in self.args
+        ]
+        log = self.logs / f"operator-{len(self.replicas)}.log"
+        process = OperatorProcess(self.env, log, tuple(args))
+        process.start()
+        replica = Replica(process, local["liveness"], f"http://127.0.0.1:{metrics}/metrics")
+        self.replicas.append(replica)
+        return replica
+
     def jobs(self) -> list[str]:
         found = self.resources.objects.list_namespaced_custom_object(
             GROUP, VERSION, self.resources.namespace, "trainingjobs"
@@ -84,27 +119,18 @@ class ChartOperator:
         return [job["metadata"]["name"] for job in found["items"]]
 
 
-def job_metric(samples: dict[Any, float], name: str, **labels: str) -> float:
+def job_metric(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted({"kind": "TrainingJob", **labels}.items()))), 0.0)
 
 
-def operator_args(docs: list[dict[str, Any]], config: Path, health: int, metrics: int) -> list[str]:
-    """The chart Deployment's command line, with its config file and ports made local."""
+def deployment_args(docs: list[dict[str, Any]], config: Path) -> list[str]:
+    """The chart Deployment's command line, reading the chart's ConfigMap from `config`."""
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["mlplane"]
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
     config.write_text(config_map["data"]["config.yaml"])
-    local = {
-        "config": str(config),
-        "liveness": f"http://127.0.0.1:{health}/healthz",
-        "metrics-port": str(metrics),
-    }
-    args = list(container["args"])
-    for name, value in local.items():
-        at = next(i for i, a in enumerate(args) if a.startswith(f"--{name}="))
-        args[at] = f"--{name}={value}"
-    return args
+    return [f"--config={config}" if a.startswith("--config=") else a for a in container["args"]]
 
 
 @pytest.fixture
@@ -124,35 +150,36 @@ def chart_operator(
     release, system, team = f"e2e{suffix}", f"chart-system-{suffix}", f"chart-team-{suffix}"
     for name in (system, team):
         core.create_namespace({"metadata": {"name": name}})
-    values = [f"watchNamespaces={{{team}}}", "operator.observeIntervalSeconds=1"]
+    values = [f"watchNamespaces={{{team}}}", "operator.observeIntervalSeconds=1", "replicaCount=2"]
     rendered = chart.template(
         helm, *(f"--set={v}" for v in values), release=release, namespace=system
     )
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     kubectl.apply(docs)
-    health, metrics = embedded.free_port(), embedded.free_port()
-    args = operator_args(docs, tmp_path / "config.yaml", health, metrics)
     account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
     token = service_account_kubeconfig(k8s_api, kubeconfig, system, account, tmp_path / "sa")
     env = {**operator_env, "KUBECONFIG": str(token)}
     env.pop("MLPLANE_OBSERVE_INTERVAL_SECONDS")  # the chart's configuration says it
-    process = OperatorProcess(env, tmp_path / "operator.log", tuple(args))
-    process.start()
     operator = ChartOperator(
-        process,
-        Resources(k8s_api, team, process),
-        f"http://127.0.0.1:{health}/healthz",
-        f"http://127.0.0.1:{metrics}/metrics",
+        deployment_args(docs, tmp_path / "config.yaml"),
+        env,
+        tmp_path,
+        # Resources reads an operator's log for its messages: the first replica's.
+        Resources(k8s_api, team, OperatorProcess(env, tmp_path / "operator-0.log")),
         f"{release}-mlplane",
     )
     yield operator
-    # As a user cleans up: while the operator still runs to release its finalizer.
+    # As a user cleans up: while the operators still run to release the finalizer.
     for name in operator.jobs():
         operator.resources.delete("trainingjobs", name)
     deadline = time.monotonic() + 30
     while operator.jobs() and time.monotonic() < deadline:
         time.sleep(0.5)
-    process.stop()
+    for replica in operator.replicas:  # all at once: each takes seconds to stop
+        if replica.process.process:
+            replica.process.process.terminate()
+    for replica in operator.replicas:
+        replica.process.stop()
     rbac = client.RbacAuthorizationV1Api(k8s_api)
     rbac.delete_cluster_role(f"{release}-mlplane")
     rbac.delete_cluster_role_binding(f"{release}-mlplane")
@@ -163,28 +190,23 @@ def chart_operator(
 def test_operator_with_the_charts_service_account_runs_a_job_and_reports_metrics(
     chart_operator: ChartOperator, k8s_api: client.ApiClient
 ) -> None:
-    operator = chart_operator
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not operator.healthy():
-        assert operator.process.process and operator.process.process.poll() is None, (
-            operator.process.log()[-3000:]
-        )
-        assert time.monotonic() < deadline, "no /healthz:\n" + operator.process.log()[-3000:]
-        time.sleep(0.5)
-    before = operator.scrape()
+    operator, resources = chart_operator, chart_operator.resources
+    working = operator.start_replica()
+    working.wait_healthy()
+    waiting = operator.start_replica()  # started later, so it stands by
+    before = working.scrape()
     assert job_metric(before, "mlplane_reconcile_duration_seconds_count") == 0
 
-    resources = operator.resources
     created = resources.apply(JOB)
     phases_scraped: set[str] = set()
     deadline = time.monotonic() + TRAINING_TIMEOUT
     obj = created
     while obj.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
-        assert time.monotonic() < deadline, f"{obj.get('status')}\n{operator.process.log()[-3000:]}"
-        samples = operator.scrape()
+        log = working.process.log()[-3000:]
+        assert time.monotonic() < deadline, f"{obj.get('status')}\n{log}"
         phases_scraped |= {
             dict(labels)["phase"]
-            for (name, labels), value in samples.items()
+            for (name, labels), value in working.scrape().items()
             if name == "mlplane_resources" and value == 1
         }
         time.sleep(0.5)
@@ -192,7 +214,7 @@ def test_operator_with_the_charts_service_account_runs_a_job_and_reports_metrics
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
 
     # Gauges moved through the run and counters counted it.
-    after = operator.scrape()
+    after = working.scrape()
     labels = {"namespace": resources.namespace}
     assert "Running" in phases_scraped, phases_scraped
     assert job_metric(after, "mlplane_resources", **labels, phase="Succeeded") == 1
@@ -200,6 +222,16 @@ def test_operator_with_the_charts_service_account_runs_a_job_and_reports_metrics
     assert job_metric(after, "mlplane_reconcile_duration_seconds_count") >= 2
     for phase in ("Starting", "Succeeded"):
         assert job_metric(after, "mlplane_phase_transitions_total", phase=phase) == 1
+
+    # The standby stepped nothing: kopf paused it in favour of the older replica.
+    waiting.wait_healthy()
+    idle = waiting.scrape()
+    assert job_metric(idle, "mlplane_reconcile_duration_seconds_count") == 0
+    peering = client.CustomObjectsApi(k8s_api).get_namespaced_custom_object(
+        "kopf.dev", "v1", resources.namespace, "kopfpeerings", operator.peering
+    )
+    priorities = [peer["priority"] for peer in peering.get("status", {}).values()]
+    assert len(set(priorities)) == 2, peering  # equal priorities would pause both
 
     # Events, written with the ServiceAccount's own rights.
     events = client.CoreV1Api(k8s_api).list_namespaced_event(
@@ -214,24 +246,19 @@ def test_operator_with_the_charts_service_account_runs_a_job_and_reports_metrics
     assert obj["spec"] == created["spec"]
     assert meta["generation"] == obj["status"]["observedGeneration"] == 1
 
-    # One replica reported itself in the chart's KopfPeering.
-    peering = client.CustomObjectsApi(k8s_api).get_namespaced_custom_object(
-        "kopf.dev", "v1", resources.namespace, "kopfpeerings", operator.peering
-    )
-    assert len(peering.get("status", {})) == 1, peering
-
     # The operator removes its finalizer, so a delete goes through.
     resources.delete("trainingjobs", "chart-xgb")
     deadline = time.monotonic() + 20
     while "chart-xgb" in operator.jobs():
-        assert time.monotonic() < deadline, operator.process.log()[-3000:]
+        assert time.monotonic() < deadline, working.process.log()[-3000:]
         time.sleep(0.5)
-    gone = operator.scrape()
+    gone = working.scrape()
     assert job_metric(gone, "mlplane_resources", **labels, phase="Succeeded") == 0
 
     # Structured logs, and never a permission the chart forgot.
-    log = operator.process.log()
-    kopf_lines = [json.loads(line) for line in log.splitlines() if line.startswith('{"')]
-    assert any("message" in line for line in kopf_lines), log[-2000:]
-    for complaint in ("Forbidden", "Not enough permissions"):
-        assert complaint not in log, log[-3000:]
+    for replica in operator.replicas:
+        log = replica.process.log()
+        lines = [json.loads(line) for line in log.splitlines() if line.startswith('{"')]
+        assert any("message" in line for line in lines), log[-2000:]
+        for complaint in ("Forbidden", "Not enough permissions"):
+            assert complaint not in log, log[-3000:]
