@@ -212,6 +212,18 @@ def test_kuberay_backend_manages_rayjobs_and_rayservices_and_nothing_more(
     assert not [r for r in rules if "ray.io" in r["apiGroups"]]
 
 
+def test_secrets_are_readable_only_when_asked_and_only_to_get(helm: Path) -> None:
+    def secret_rules(*args: str) -> list[dict[str, Any]]:
+        docs = render(helm, *args)
+        rules = [r for d in docs if d["kind"] in ("ClusterRole", "Role") for r in d["rules"]]
+        return [r for r in rules if "secrets" in r["resources"]]
+
+    assert secret_rules() == []
+    assert secret_rules("--set=watchNamespaces={team-a}") == []
+    allowed = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}
+    assert secret_rules("--set=rbac.readCredentialsSecrets=true") == [allowed]
+
+
 def test_aws_options_reach_the_operator_environment(helm: Path) -> None:
     docs = render(
         helm,
