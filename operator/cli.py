@@ -111,9 +111,10 @@ def operator(
     from mlplane.operator.metrics import OperatorMetrics
 
     kopf.configure(log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL)
-    # kopf logs every handler run per object at INFO ("Timer ... succeeded." each interval); the
-    # Events on each phase change say what happened, so per-object logs start at WARNING.
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # kopf logs every handler run per object at INFO ("Timer ... succeeded." each interval), and
+    # aiohttp every probe of /healthz; the Events on each phase change say what happened.
+    for chatty in ("kopf.objects", "aiohttp.access"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     settings = OperatorConfig.load(config)
     metrics = OperatorMetrics()
     if metrics_port is not None:
