@@ -50,9 +50,15 @@ def crds() -> None:
 
 @app.command()
 def run(
-    path: Annotated[Path, typer.Argument(help="A TrainingJob manifest.", exists=True)],
+    path: Annotated[
+        Path,
+        typer.Argument(help="A TrainingJob, TuningSweep or ModelDeployment manifest.", exists=True),
+    ],
 ) -> None:
-    """Run a manifest locally on the embedded default (local Ray, local MLflow), no cluster."""
+    """Run a manifest locally on the embedded default (local Ray, local MLflow), no cluster.
+
+    Runs end on their own; a ModelDeployment serves until Ctrl-C, which removes it.
+    """
     from rich.console import Console
 
     from mlplane.crds.validation import validate_files
@@ -64,9 +70,9 @@ def run(
         typer.echo(str(problem), err=True)
     if problems:
         raise typer.Exit(1)
-    job = run_file(path, OperatorConfig.load(), Console())
-    typer.echo(status_yaml(job))
-    if job.status is None or job.status.phase != "Succeeded":
+    resource, kind = run_file(path, OperatorConfig.load(), Console())
+    typer.echo(status_yaml(resource))
+    if not kind.succeeded(resource.status.phase if resource.status else None):
         raise typer.Exit(1)
 
 

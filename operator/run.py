@@ -1,12 +1,18 @@
 """`mlplane run FILE`: the same spec, the same reconciler and status, without Kubernetes.
 
 Each kind `mlplane run` knows is one entry in `KINDS`: its API model, which of the runtime's
-reconcilers drives it, and the live view that shows it while it runs (an epoch bar for a
-TrainingJob, a table of trials for a TuningSweep). Adding a kind is adding an entry.
+reconcilers drives it, the live view that shows it while it runs (an epoch bar for a TrainingJob,
+a table of trials for a TuningSweep, the URL and a sample request for a ModelDeployment) and when
+the run is over. Adding a kind is adding an entry.
+
+A run ends when its resource is done; a ModelDeployment serves until Ctrl-C (or until it fails).
+Ctrl-C deletes what the run started, as `kubectl delete` would: a Ray job is stopped, a Serve
+application removed, even on a Ray cluster that outlives the run.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -15,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+import mlflow
+import requests
 import yaml
 from rich.console import Console, Group
 from rich.live import Live
@@ -28,6 +36,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from mlplane.crds.modeldeployment import ModelDeployment, ModelDeploymentStatus
 from mlplane.crds.trainingjob import TrainingJob
 from mlplane.crds.tuningsweep import TuningSweep
 from mlplane.operator.config import OperatorConfig
@@ -59,28 +68,42 @@ class View(Protocol):
 class Kind:
     """How `mlplane run` handles one kind."""
 
-    model: type[TrainingJob] | type[TuningSweep]
+    model: type[TrainingJob] | type[TuningSweep] | type[ModelDeployment]
     reconciler: Callable[[Runtime], Any]
     """The runtime's reconciler for this kind."""
     view: Callable[[Any, Runtime, Console], View]
     """The live view of a resource of this kind."""
+    ended: Callable[[str | None], bool] = lambda phase: phase in TERMINAL_PHASES
+    """Whether the run is over at this phase."""
+    succeeded: Callable[[str | None], bool] = lambda phase: phase == "Succeeded"
+    """Whether a run that stopped at this phase went well (the exit status)."""
 
 
 def run_resource(
-    resource: Any, reconciler: Any, view: View, poll_seconds: float = POLL_SECONDS
+    resource: Any, kind: Kind, runtime: Runtime, view: View, poll_seconds: float = POLL_SECONDS
 ) -> Any:
-    """Reconcile until the resource ends, showing it; the finished copy carries its status."""
+    """Reconcile until the resource ends or Ctrl-C, showing it; the copy returned has its status.
+
+    On Ctrl-C what the run started is deleted through the reconciler, as the operator does for a
+    deleted resource.
+    """
     resource = resource.model_copy(deep=True)
+    reconciler = kind.reconciler(runtime)
     with view:
-        while True:
-            step = reconciler.reconcile(resource)
-            resource.status = step.status
-            for event in step.events:
-                view.event(event)
-            view.update(resource)
-            if step.status.phase in TERMINAL_PHASES:
-                return resource
-            time.sleep(poll_seconds)
+        try:
+            while True:
+                step = reconciler.reconcile(resource)
+                resource.status = step.status
+                for event in step.events:
+                    view.event(event)
+                view.update(resource)
+                if kind.ended(step.status.phase):
+                    return resource
+                time.sleep(poll_seconds)
+        except KeyboardInterrupt:
+            view.event(Event("Normal", "Interrupted", "deleting what this run started"))
+            reconciler.delete(resource)
+            return resource
 
 
 def _event_text(event: Event) -> str:
@@ -207,9 +230,72 @@ def trial_table(sweep: TuningSweep, trials: Iterable[RunSnapshot]) -> Group:
     return Group(table, summary)
 
 
+class ServingView:
+    """A ModelDeployment: each phase it enters, then where it serves and a request to try."""
+
+    def __init__(self, deployment: ModelDeployment, runtime: Runtime, console: Console) -> None:
+        self.console = console
+        self.tracking_uri = runtime.tracking.tracking_uri
+        self.phase: str | None = None
+        self.served_url: str | None = None
+
+    def __enter__(self) -> ServingView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def event(self, event: Event) -> None:
+        self.console.print(_event_text(event))
+
+    def update(self, deployment: ModelDeployment) -> None:
+        status = deployment.status or ModelDeploymentStatus()
+        if status.phase != self.phase:
+            self.phase = status.phase
+            models = ", ".join(f"{t.uri} {t.percent}%" for t in status.traffic)
+            self.console.print(f"[bold]{deployment.metadata.name}[/]: {status.phase} {models}")
+        if status.phase == "Available" and status.url and status.url != self.served_url:
+            self.served_url = status.url
+            self._show_sample(status)
+
+    def _show_sample(self, status: ModelDeploymentStatus) -> None:
+        """The URL, a curl command built from the model's input example, and its answer."""
+        self.console.print(f"serving at [bold]{status.url}[/] (Ctrl-C stops and removes it)")
+        stable = next((t for t in status.traffic if t.role == "stable"), None)
+        body = sample_request(self.tracking_uri, stable.uri) if stable else None
+        if body is None:
+            return
+        payload = json.dumps(body)
+        self.console.print("try:", markup=False)
+        self.console.print(
+            f"  curl -s -X POST {status.url} -H 'Content-Type: application/json' -d '{payload}'",
+            markup=False,
+            soft_wrap=True,
+        )
+        answer = requests.post(status.url, json=body, timeout=30)
+        self.console.print(f"  → {answer.status_code} {answer.text}", markup=False, soft_wrap=True)
+
+
+def sample_request(tracking_uri: str, model_uri: str) -> dict[str, Any] | None:
+    """`{"instances": [row]}` from the first row of the model's logged input example, if any."""
+    mlflow.set_tracking_uri(tracking_uri)
+    example = mlflow.models.Model.load(model_uri).load_input_example()
+    if example is None or not len(example):
+        return None
+    rows = json.loads(example.head(1).to_json(orient="records"))
+    return {"instances": rows}
+
+
 KINDS: dict[str, Kind] = {
     "TrainingJob": Kind(TrainingJob, lambda runtime: runtime.training, EpochBar),
     "TuningSweep": Kind(TuningSweep, lambda runtime: runtime.tuning, TrialTable),
+    "ModelDeployment": Kind(
+        ModelDeployment,
+        lambda runtime: runtime.serving,
+        ServingView,
+        ended=lambda phase: phase == "Failed",
+        succeeded=lambda phase: phase != "Failed",
+    ),
 }
 
 
@@ -225,12 +311,13 @@ def load(path: Path) -> tuple[Any, Kind]:
     return kind.model.model_validate(doc), kind
 
 
-def run_file(path: Path, config: OperatorConfig, console: Console) -> Any:
+def run_file(path: Path, config: OperatorConfig, console: Console) -> tuple[Any, Kind]:
+    """Run the manifest to its end; the resource with its last status, and its kind."""
     resource, kind = load(path)
     console.print(f"starting the embedded runtime under {config.data_dir} …")
     runtime = Runtime.start(config)
     view = kind.view(resource, runtime, console)
-    return run_resource(resource, kind.reconciler(runtime), view)
+    return run_resource(resource, kind, runtime, view), kind
 
 
 def status_yaml(resource: Any) -> str:

@@ -6,18 +6,30 @@ import logging
 
 from ray.job_submission import JobStatus as RayJobStatus
 from ray.job_submission import JobSubmissionClient
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from mlplane.operator.backends.base import AttemptRef, JobState, Launch
 
 log = logging.getLogger(__name__)
 
-# Transient failures talking to the dashboard (it restarts, or is busy) are retried briefly; the
-# reconciler's timer retries anything longer.
+
+def _is_transient(error: BaseException) -> bool:
+    """The dashboard is down, restarting or busy: worth asking again.
+
+    The Jobs SDK raises a bare RuntimeError for every HTTP failure. A 5xx is the head's problem,
+    not the request's: "No available agent to submit job" answers every submission until the
+    head's agent has registered, which takes a minute on a loaded 2-core machine.
+    """
+    if isinstance(error, ConnectionError):
+        return True
+    return isinstance(error, RuntimeError) and "status code 5" in str(error)
+
+
+# Retried within the call for a while; the reconciler's timer retries anything longer.
 _transient = retry(
-    retry=retry_if_exception_type(ConnectionError),
-    wait=wait_exponential(multiplier=0.5, max=4),
-    stop=stop_after_attempt(4),
+    retry=retry_if_exception(_is_transient),
+    wait=wait_exponential(multiplier=0.5, max=8),
+    stop=stop_after_delay(120),
     reraise=True,
 )
 

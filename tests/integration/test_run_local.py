@@ -1,45 +1,120 @@
-"""`mlplane run`: the README's demo, on the embedded default (its own local Ray and MLflow)."""
+"""`mlplane run`: the README's demo, on the embedded default (its own local Ray and MLflow).
+
+The TrainingJob example registers churn-model@candidate in the embedded MLflow under the data
+dir; the ModelDeployment example then serves that model from the same data dir, as a user does.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from mlplane.operator import embedded
+
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 
 REPO = Path(__file__).parents[2]
+MLPLANE = str(Path(sys.executable).parent / "mlplane")
 
 
-def test_mlplane_run_trains_the_example_and_prints_its_status(tmp_path: Path) -> None:
-    env = {
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mlplane-run")
+
+
+@pytest.fixture(scope="module")
+def env(data_dir: Path) -> dict[str, str]:
+    """The embedded default: no Ray or MLflow configured, everything under the data dir."""
+    inherited = {
         key: value
         for key, value in os.environ.items()
         if key not in ("MLPLANE_RAY_ADDRESS", "MLPLANE_MLFLOW_TRACKING_URI")
     }
-    env["MLPLANE_DATA_DIR"] = str(tmp_path)
+    return {
+        **inherited,
+        "MLPLANE_DATA_DIR": str(data_dir),
+        "MLPLANE_SERVE_HTTP_PORT": str(embedded.free_port()),
+        "COLUMNS": "120",
+    }
+
+
+def assert_nothing_left(data_dir: Path) -> None:
+    """The embedded services share the run's fate: no process of them (their state is under
+    the data dir) outlives it."""
+    leftover = subprocess.run(
+        ["pgrep", "-af", str(data_dir)], capture_output=True, text=True, check=False
+    )
+    assert leftover.stdout == "", leftover.stdout
+
+
+def printed_status(output: str) -> dict:
+    """The status YAML `mlplane run` prints last."""
+    printed = re.search(r"^status:$", output, re.MULTILINE)
+    assert printed, output[-3000:]
+    return yaml.safe_load(output[printed.start() :])["status"]
+
+
+def test_mlplane_run_trains_the_example_and_prints_its_status(
+    env: dict[str, str], data_dir: Path
+) -> None:
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "mlplane"), "run", "examples/trainingjob-xgboost.yaml"],
+        [MLPLANE, "run", "examples/trainingjob-xgboost.yaml"],
         cwd=REPO,
-        env={**env, "COLUMNS": "120"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "epoch" in result.stdout  # the progress line
-    assert "Succeeded" in result.stdout
-    status = yaml.safe_load(result.stdout[result.stdout.index("status:") :])["status"]
+    status = printed_status(result.stdout)
     assert status["phase"] == "Succeeded"
     assert status["metrics"]["test_roc_auc"] >= 0.97
     assert status["model"]["uri"].startswith("models:/churn-model/")
-    # The embedded services share the run's fate: its MLflow server (whose store is under the
-    # data dir) is gone with it.
-    leftover = subprocess.run(
-        ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False
+    assert_nothing_left(data_dir)
+
+
+def test_mlplane_run_serves_the_trained_model_until_ctrl_c(
+    env: dict[str, str], data_dir: Path
+) -> None:
+    """Serves models:/churn-model@candidate, prints the URL, a curl command and its answer; Ctrl-C
+    removes the application and stops everything."""
+    process = subprocess.Popen(
+        [MLPLANE, "run", "examples/modeldeployment-ray.yaml"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
-    assert leftover.stdout == "", leftover.stdout
+    assert process.stdout
+    lines: list[str] = []
+    deadline = time.monotonic() + 420
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.lstrip().startswith("→") or time.monotonic() > deadline:
+                break
+        output = "".join(lines)
+        assert "Available" in output, output[-3000:]
+        assert re.search(r"serving at http://127\.0\.0\.1:\d+/churn", output), output[-3000:]
+        assert "curl -s -X POST http://127.0.0.1:" in output
+        answer = lines[-1]
+        assert answer.lstrip().startswith("→ 200"), output[-3000:]
+        assert '"predictions"' in answer and "proba_" in answer
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=120)
+    output = "".join(lines) + rest
+    assert process.returncode == 0, output[-3000:]
+    assert "Interrupted" in rest
+    assert printed_status(rest)["phase"] == "Available"
+    assert_nothing_left(data_dir)

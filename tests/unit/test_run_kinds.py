@@ -8,9 +8,10 @@ import pytest
 import yaml
 from rich.console import Console
 
+from mlplane.crds.modeldeployment import ModelDeployment
 from mlplane.crds.trainingjob import TrainingJob
 from mlplane.crds.tuningsweep import BestTrial, TrialCounts, TuningSweep, TuningSweepStatus
-from mlplane.operator.run import KINDS, EpochBar, TrialTable, load, trial_table
+from mlplane.operator.run import KINDS, EpochBar, ServingView, TrialTable, load, trial_table
 from mlplane.operator.tracking import RunSnapshot
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -22,13 +23,25 @@ def test_each_example_kind_loads_with_its_view() -> None:
     sweep, kind = load(EXAMPLES / "tuningsweep-xgboost.yaml")
     assert isinstance(sweep, TuningSweep) and kind.view is TrialTable
     assert sweep.metadata.namespace == "local" and sweep.metadata.uid
-    assert set(KINDS) == {"TrainingJob", "TuningSweep"}
+    deployment, kind = load(EXAMPLES / "modeldeployment-ray.yaml")
+    assert isinstance(deployment, ModelDeployment) and kind.view is ServingView
+    assert set(KINDS) == {"TrainingJob", "TuningSweep", "ModelDeployment"}
+
+
+def test_runs_end_when_done_and_a_deployment_serves_until_stopped() -> None:
+    job = KINDS["TrainingJob"]
+    assert job.ended("Succeeded") and job.ended("Failed") and not job.ended("Running")
+    assert job.succeeded("Succeeded") and not job.succeeded("Failed")
+    serving = KINDS["ModelDeployment"]
+    assert not serving.ended("Available") and serving.ended("Failed")
+    assert serving.succeeded("Available") and not serving.succeeded("Failed")
 
 
 def test_a_kind_it_cannot_run_is_refused_by_name(tmp_path: Path) -> None:
     manifest = tmp_path / "md.yaml"
     manifest.write_text(yaml.safe_dump({"kind": "Deployment", "metadata": {"name": "x"}}))
-    with pytest.raises(ValueError, match="kind: mlplane run handles TrainingJob, TuningSweep"):
+    handled = "TrainingJob, TuningSweep, ModelDeployment"
+    with pytest.raises(ValueError, match=f"kind: mlplane run handles {handled}, not 'Deployment'"):
         load(manifest)
 
 
