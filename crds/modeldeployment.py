@@ -17,6 +17,7 @@ from mlplane.crds.base import (
     ObjectMeta,
     Resources,
     cel,
+    immutable,
     validations,
 )
 
@@ -144,31 +145,58 @@ class Serverless(ApiModel):
     memory_size_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = Field(
         default=2048, alias="memorySizeInMB"
     )
-    """Memory per concurrent invocation."""
+    """Memory per concurrent invocation. Changing it deploys a new EndpointConfig."""
     max_concurrency: int = Field(default=5, ge=1, le=200)
-    """Concurrent invocations."""
+    """Concurrent invocations; changed in place, without a new EndpointConfig."""
 
 
 class SageMakerDeployment(ApiModel):
-    """How SageMaker shifts traffic on update (blue/green)."""
+    """How SageMaker shifts traffic when the model or instances change (blue/green)."""
 
     strategy: Literal["allAtOnce", "canary", "linear"] = "allAtOnce"
-    """allAtOnce, canary or linear traffic shifting."""
-    step_percent: int = Field(default=10, ge=1, le=100)
-    """With canary or linear: the share of capacity each step moves."""
+    """allAtOnce, canary (one step, then the rest) or linear (equal steps) traffic shifting."""
+    step_percent: int = Field(default=10, ge=1, le=50)
+    """With canary: the first step's share of capacity (at most 50); with linear: each step's
+    share (10 to 50)."""
     wait_interval_seconds: int = Field(default=300, ge=0, le=3600)
-    """Wait between steps."""
+    """Baking time between steps, while the rollback alarms are watched."""
     termination_wait_seconds: int = Field(default=0, ge=0, le=3600)
     """Wait before the old fleet is terminated."""
-    auto_rollback_alarms: list[str] = Field(default_factory=list, max_length=10)
-    """CloudWatch alarms that roll the update back."""
+    maximum_execution_timeout_seconds: int | None = Field(default=None, ge=600, le=28800)
+    """Longest a blue/green update may take before SageMaker rolls it back. Unset: SageMaker's."""
+    auto_rollback_alarms: list[str] = Field(
+        default_factory=list,
+        max_length=10,
+        json_schema_extra={"items": {"type": "string", "minLength": 1, "maxLength": 255}},
+    )
+    """CloudWatch alarms that roll the update back while any of them is in ALARM."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": validations(
+            cel(
+                "self.strategy != 'linear' || self.stepPercent >= 10",
+                "linear steps move 10 to 50 percent of capacity",
+                ".stepPercent",
+            )
+        )
+    }
+
+    @model_validator(mode="after")
+    def _linear_step(self) -> SageMakerDeployment:
+        if self.strategy == "linear" and self.step_percent < 10:
+            raise ValueError("linear steps move 10 to 50 percent of capacity")
+        return self
 
 
 class SecretRef(ApiModel):
     """A Secret in the resource's namespace holding AWS credentials."""
 
     name: str = Field(pattern=NAME_PATTERN, max_length=253)
-    """Secret name; keys aws_access_key_id, aws_secret_access_key, aws_session_token."""
+    """Secret name; keys aws_access_key_id, aws_secret_access_key and optionally
+    aws_session_token (or the same names in upper case, as for envFrom)."""
+
+
+SAGEMAKER_NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"
 
 
 class SageMakerServing(ApiModel):
@@ -177,23 +205,65 @@ class SageMakerServing(ApiModel):
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
     """AWS region, e.g. eu-west-1."""
     role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$", max_length=2048)
-    """The execution role SageMaker assumes."""
+    """The execution role SageMaker assumes (reads model.tar.gz, pulls the image)."""
     instance_type: str = Field(default="ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
-    """Instance type, e.g. ml.m5.large."""
+    """Instance type, e.g. ml.m5.large. Changing it deploys a new EndpointConfig."""
     instance_count: int = Field(default=1, ge=1, le=100)
-    """Instances behind the endpoint."""
+    """Instances behind the endpoint; changed in place, without a new EndpointConfig."""
     image: str | None = Field(default=None, max_length=2048)
-    """Serving container image. Unset: the framework image for the model's flavour."""
-    artifact_bucket: str | None = Field(default=None, max_length=63)
-    """S3 bucket for model.tar.gz. Unset: the operator's default."""
-    endpoint_url: str | None = Field(default=None, max_length=2048)
-    """Custom AWS endpoint (VPC endpoints, or a local moto server)."""
+    """Serving container image. Unset: SageMaker's XGBoost image for an xgboost model, else
+    MLflow's pyfunc image (`mlflow sagemaker build-and-push-container`) in the role's account."""
+    environment: dict[str, str] = Field(
+        default_factory=dict, json_schema_extra={"maxProperties": 64}
+    )
+    """Extra environment variables of the serving container."""
+    artifact_bucket: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", max_length=63
+    )
+    """S3 bucket model.tar.gz is uploaded to. Unset: the operator's sagemaker_artifact_bucket."""
+    endpoint_name: str | None = Field(default=None, pattern=SAGEMAKER_NAME_PATTERN, max_length=63)
+    """The SageMaker endpoint's name. Unset: `<name>-<first 8 characters of the UID>`. Naming an
+    existing endpoint takes it over only with the annotation `mlplane.dev/adopt: "true"`."""
+    variant_name: str = Field(default="AllTraffic", pattern=SAGEMAKER_NAME_PATTERN, max_length=63)
+    """The production variant; an adopted endpoint's must match for blue/green updates."""
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://.+", max_length=2048)
+    """Custom AWS endpoint for SageMaker and S3 (VPC endpoints, or a local moto server)."""
     credentials_secret: SecretRef | None = None
     """Credentials from a Secret; unset uses the operator's ambient identity (IRSA)."""
     serverless: Serverless | None = None
     """Serverless inference instead of instances."""
     deployment: SageMakerDeployment = Field(default_factory=SageMakerDeployment)
     """Traffic shifting on update."""
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        json_schema_extra={
+            "maxProperties": 40,
+            **validations(
+                cel(
+                    "self.all(k, size(k) <= 128 && !k.startsWith('mlplane.dev/'))",
+                    "tag keys have at most 128 characters; mlplane.dev/ keys are the operator's",
+                )
+            ),
+        },
+    )
+    """AWS tags on the model, endpoint config and endpoint; changes are applied to the endpoint
+    in place. Keys starting with `mlplane.dev/` are the operator's."""
+
+    @field_validator("tags")
+    @classmethod
+    def _user_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        for key in tags:
+            if len(key) > 128 or key.startswith("mlplane.dev/"):
+                raise ValueError(
+                    f"tag {key!r}: keys have at most 128 characters; "
+                    "mlplane.dev/ keys are the operator's"
+                )
+        return tags
+
+
+SAGEMAKER_CANARY = (
+    "canary is for target ray; on SageMaker, sagemaker.deployment shifts traffic (blue/green)"
+)
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -216,7 +286,13 @@ class ModelDeploymentSpec(ApiModel):
                 "self.target != 'sagemaker' || has(self.sagemaker)",
                 "target sagemaker needs the sagemaker section",
                 ".sagemaker",
-            )
+            ),
+            cel(
+                "self.target != 'sagemaker' || !has(self.canary)",
+                SAGEMAKER_CANARY,
+                ".canary",
+            ),
+            *immutable("target"),
         )
     }
 
@@ -224,6 +300,8 @@ class ModelDeploymentSpec(ApiModel):
     def _target_options(self) -> ModelDeploymentSpec:
         if self.target == "sagemaker" and self.sagemaker is None:
             raise ValueError("target sagemaker needs the sagemaker section")
+        if self.target == "sagemaker" and self.canary is not None:
+            raise ValueError(SAGEMAKER_CANARY)
         return self
 
 
@@ -269,7 +347,7 @@ class ReplicaCounts(ApiModel):
 
 
 class Endpoint(ApiModel):
-    """The SageMaker endpoint behind a target sagemaker deployment."""
+    """The SageMaker endpoint behind a target sagemaker deployment, and what it was built from."""
 
     model_config = ApiModel.model_config | {"extra": "ignore"}
 
@@ -277,12 +355,29 @@ class Endpoint(ApiModel):
     """Endpoint name."""
     arn: str | None = None
     """Endpoint ARN."""
+    region: str | None = None
+    """The endpoint's AWS region."""
     status: str | None = None
-    """Creating, Updating, InService, RollingBack, Failed …"""
+    """SageMaker's EndpointStatus: Creating, Updating, SystemUpdating, InService, RollingBack,
+    Failed, UpdateRollbackFailed, OutOfService or Deleting."""
     config_name: str | None = None
     """The EndpointConfig in use."""
+    target_config_name: str | None = None
+    """The EndpointConfig the operator last deployed; differs from configName while an update
+    runs, and after SageMaker rolled one back."""
+    model_name: str | None = None
+    """The SageMaker Model of targetConfigName."""
+    model_data_url: str | None = None
+    """The model.tar.gz the model serves."""
+    image: str | None = None
+    """The serving container image."""
     failure_reason: str | None = None
     """SageMaker's FailureReason."""
+    tags: dict[str, str] | None = None
+    """spec.sagemaker.tags as last applied to the endpoint."""
+    retry_after: datetime | None = None
+    """After an AWS error that needs a person (AccessDenied, a validation error): when the
+    operator tries again, unless the spec changes first."""
 
 
 class CanaryStatus(ApiModel):
@@ -312,7 +407,8 @@ class ModelDeploymentStatus(ApiModel):
     observed_generation: int | None = None
     """The metadata.generation the operator last acted on."""
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)
-    """Ready and Progressing."""
+    """Ready and Progressing; with target sagemaker also Synced (AWS matches the spec) and
+    Terminal (an error only a person can fix)."""
     url: str | None = None
     """Where to send requests."""
     replicas: ReplicaCounts | None = None
