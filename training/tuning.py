@@ -33,7 +33,7 @@ import optuna
 import ray
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.schedulers import ASHAScheduler
@@ -180,6 +180,16 @@ def _trial_dirname(trial: Trial) -> str:
     return f"trial-{trial.trial_id}"
 
 
+def _trial_error(trial: Trial) -> str | None:
+    """`ExcType: message` of a failed trial, from the file Tune has just written beside the
+    driver (its copy in the experiment's storage comes later)."""
+    path = trial.pickled_error_file
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, "rb") as file:
+        return error_line(cloudpickle.load(file))
+
+
 @dataclass(frozen=True)
 class TrialView:
     """One trial as the sweep reports it."""
@@ -194,10 +204,13 @@ class TrialView:
 
 
 def trial_state(status: str, last_result: Mapping[str, Any]) -> str:
-    """Tune's trial status, with TERMINATED told apart: pruned by ASHA, or ran to its end."""
+    """Tune's trial status, with TERMINATED told apart: pruned by ASHA, ran to its end, or
+    stopped before its first report (the sweep ended early, after too many failures)."""
     if status == Trial.ERROR:
         return "failed"
     if status == Trial.TERMINATED:
+        if not reported(last_result):
+            return "stopped"
         return "pruned" if last_result.get(PRUNED_KEY) else "completed"
     if status == Trial.RUNNING:
         return "running"
@@ -303,15 +316,17 @@ class SweepTracker(tune.Callback, tune.Stopper):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         state = trial_state(Trial.TERMINATED, trial.last_result or {})
-        self._end_child(trial, trials, state, "KILLED" if state == "pruned" else "FINISHED")
+        # A trial stopped before it started gets no run of its own.
+        if state != "stopped" or trial.trial_id in self._runs or self._find(trial.trial_id):
+            self._end_child(trial, trials, state, "FINISHED" if state == "completed" else "KILLED")
         self._publish(trials, {trial.trial_id: state}, force=True)
 
     def on_trial_error(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         self.failed.add(trial.trial_id)
-        error = trial.get_pickled_error() or trial.get_error()
-        tags = {ERROR_TAG: error_line(error)} if error else {}
+        error = _trial_error(trial)
+        tags = {ERROR_TAG: error} if error else {}
         self._end_child(trial, trials, "failed", "FAILED", tags)
         self._publish(trials, {trial.trial_id: "failed"}, force=True)
 
@@ -496,20 +511,22 @@ def _tune(spec: TuningSweepSpec, context: RunContext, client: MlflowClient, run_
     _publish_best(spec, results, data, client)
 
 
+def _result_view(number: int, result: tune.Result) -> TrialView:
+    metrics = result.metrics or {}
+    return TrialView(
+        number=number,
+        trial_id=str(metrics.get("trial_id", number)),
+        state="failed" if result.error else trial_state(Trial.TERMINATED, metrics),
+        params=plain(result.config or {}),
+        metrics=reported(metrics),
+    )
+
+
 def _publish_best(
     spec: TuningSweepSpec, results: tune.ResultGrid, data: TrainingData, client: MlflowClient
 ) -> None:
     """Fail on too many failed trials; else evaluate, gate and promote the best trial's model."""
-    views = [
-        TrialView(
-            number=number,
-            trial_id=str(result.metrics.get("trial_id", number)),
-            state="failed" if result.error else trial_state(Trial.TERMINATED, result.metrics),
-            params=plain(result.config or {}),
-            metrics=reported(result.metrics or {}),
-        )
-        for number, result in enumerate(results)
-    ]
+    views = [_result_view(number, result) for number, result in enumerate(results)]
     failed = [v for v in views if v.state == "failed"]
     allowed = spec.trials.max_failures
     if len(failed) > allowed:
@@ -524,7 +541,7 @@ def _publish_best(
             f"none of {len(views)} trials ran to its end with {spec.objective.metric!r} reported"
         )
     promotion = spec.promote_best
-    chosen = trial_spec(spec.template, best.params).model_copy(deep=True)
+    chosen = trial_spec(spec.template, best.params)
     chosen.tracking.register_as = promotion.register_as if promotion else None
     chosen.tracking.alias = promotion.alias if promotion else None
     evaluate_and_publish(chosen, results[best.number], data, client)

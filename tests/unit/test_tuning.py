@@ -190,6 +190,7 @@ def test_sweeps_a_trial_cannot_run_are_rejected(change: dict[str, Any], words: s
 def test_trial_states_tell_pruned_from_completed() -> None:
     assert trial_state("TERMINATED", {"epoch": 5, PRUNED_KEY: True}) == "pruned"
     assert trial_state("TERMINATED", {"epoch": 40}) == "completed"
+    assert trial_state("TERMINATED", {"trial_id": "a", "done": True}) == "stopped"
     assert trial_state("ERROR", {}) == "failed"
     assert trial_state("RUNNING", {}) == "running"
     assert trial_state("PENDING", {}) == "pending"
