@@ -81,6 +81,9 @@ class OperatorConfig(BaseSettings):
     (the runner). Default: the mlplane image of this version."""
     head_node_pool: str | None = None
     """kuberay backend: the pool Ray head pods run on. Unset: the first pool without GPUs."""
+    sagemaker_artifact_bucket: str | None = None
+    """target sagemaker: the S3 bucket model.tar.gz files are uploaded to, unless a
+    ModelDeployment names one (spec.sagemaker.artifactBucket)."""
     checkpoint_storage: str | None = None
     """Where runs keep checkpoints: a path every Ray worker sees (s3://bucket/prefix with the
     kuberay backend). Unset: <data_dir>/checkpoints, right when Ray runs beside the operator."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -15,8 +16,10 @@ from mlplane.crds import KINDS
 from mlplane.crds.base import GROUP, VERSION
 from mlplane.crds.validation import validate_object
 from mlplane.operator.admission import Work
+from mlplane.operator.backends.aws import CredentialsUnavailable
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.metrics import OperatorMetrics, seen
+from mlplane.operator.modeldeployment import DeletionPending
 from mlplane.operator.runtime import Runtime
 from mlplane.operator.status import TERMINAL_PHASES, Event, invalid_spec_status
 
@@ -109,7 +112,10 @@ def _register_kind(
 
     @kopf.on.delete(GROUP, VERSION, plural, id=f"delete-{plural}", registry=registry)
     def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        reconciler_of(memo.runtime).delete(model.model_validate(_plain(body)))
+        try:
+            reconciler_of(memo.runtime).delete(model.model_validate(_plain(body)))
+        except DeletionPending as pending:  # the finalizer stays; kopf asks again later
+            raise kopf.TemporaryError(str(pending), delay=pending.delay_seconds) from None
 
 
 # Kinds whose GPUs the ledger admits, each with the kopf index that holds what it needs to
@@ -153,6 +159,19 @@ def _registered_model(namespace: str, name: str) -> str | None:
     return job.get("status", {}).get("model", {}).get("uri")
 
 
+def _secret_data(namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's decoded data (AWS credentials of a SageMaker deployment); None if missing."""
+    try:
+        secret = client.CoreV1Api().read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise CredentialsUnavailable(
+            f"cannot read Secret {namespace}/{name}: {error.status} {error.reason}"
+        ) from None
+    return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+
+
 def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.OperatorRegistry:
     """Handlers for every kind, registered on a fresh registry with the configured intervals."""
     registry = kopf.OperatorRegistry()
@@ -179,6 +198,7 @@ def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.Ope
             job_models=_registered_model,
             kube=_kube_client(),
             observed_runs=lambda: [entry for index in runs for entry in index.get(None, ())],
+            secrets=_secret_data,
         )
 
     for kind, (reconciler_of, ends) in KIND_RECONCILERS.items():

@@ -57,6 +57,30 @@ class ModelPending(LookupError):
     """The model will exist later (its TrainingJob has not registered one yet)."""
 
 
+class DeletionPending(RuntimeError):
+    """What a deployment runs on cannot be removed yet (SageMaker is still changing the endpoint);
+    deletion is retried after `delay_seconds`."""
+
+    def __init__(self, message: str, delay_seconds: float = 10.0) -> None:
+        super().__init__(message)
+        self.delay_seconds = delay_seconds
+
+
+class EndpointTarget(Protocol):
+    """Where `target: sagemaker` deployments go (mlplane.operator.backends.sagemaker)."""
+
+    def reconcile(
+        self, deployment: ModelDeployment, step: Step, resolve: Callable[[], ModelRef]
+    ) -> None:
+        """Advance the endpoint one step, writing status and Events into `step`; `resolve` pins
+        the model spec.model names now (ModelPending / ModelNotFound when it cannot)."""
+        ...
+
+    def delete(self, deployment: ModelDeployment) -> None:
+        """Remove what the deployment created; DeletionPending while that must wait."""
+        ...
+
+
 class ModelResolver(Protocol):
     def resolve(self, uri: str) -> ModelRef:
         """The model `uri` serves now, pinned to a version; ModelNotFound if there is none."""
@@ -126,6 +150,7 @@ class ModelDeploymentReconciler:
         models: ModelResolver,
         job_models: JobModelLookup,
         env: dict[str, str] | None = None,
+        sagemaker: EndpointTarget | None = None,
         node_pool_label: str | None = None,
         metrics_window_seconds: float = 60.0,
         min_canary_requests: int = 10,
@@ -133,8 +158,10 @@ class ModelDeploymentReconciler:
     ) -> None:
         """`env` is the replicas' environment (MLFLOW_TRACKING_URI at least). A canary step is
         judged only once the canary answered `min_canary_requests` requests in it: fewer say
-        nothing about its error rate."""
+        nothing about its error rate. `sagemaker` serves `target: sagemaker`; without it such
+        deployments fail with UnsupportedTarget."""
         self.backend = backend
+        self.sagemaker = sagemaker
         self.models = models
         self.job_models = job_models
         self.env = env or {}
@@ -147,13 +174,20 @@ class ModelDeploymentReconciler:
         step = Step((deployment.status or ModelDeploymentStatus()).model_copy(deep=True))
         status = step.status
         status.observed_generation = deployment.metadata.generation
+        if deployment.spec.target == "sagemaker" and self.sagemaker is not None:
+            self.sagemaker.reconcile(
+                deployment,
+                step,
+                lambda: self._resolve(deployment, deployment.spec.model, "spec.model"),
+            )
+            return step
         if deployment.spec.target != "ray":
             self._conditions(
                 step,
                 deployment,
                 ready=False,
                 reason="UnsupportedTarget",
-                message="this reconciler serves target ray only",
+                message="this operator has no SageMaker backend",
                 progressing=False,
             )
             step.phase(
@@ -178,7 +212,11 @@ class ModelDeploymentReconciler:
         return step
 
     def delete(self, deployment: ModelDeployment) -> None:
-        """Remove the Serve application; safe to call twice."""
+        """Remove the Serve application (or the SageMaker endpoint); safe to call twice."""
+        if deployment.spec.target == "sagemaker":
+            if self.sagemaker is not None:
+                self.sagemaker.delete(deployment)
+            return
         self.backend.remove(self._name(deployment))
 
     # -- models --------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ from kubernetes import client
 
 from mlplane.operator import embedded
 from mlplane.operator.admission import Admission, AdmitAll
+from mlplane.operator.backends.aws import SecretReader, no_secrets
 from mlplane.operator.backends.base import TrainingBackend
 from mlplane.operator.backends.kuberay import RAY_POOL_LABEL, KubeRayBackend, placements
 from mlplane.operator.backends.ray import RayJobsBackend
 from mlplane.operator.backends.rayservice import RayServiceBackend
+from mlplane.operator.backends.sagemaker import SageMakerEndpoints
 from mlplane.operator.backends.serve import ServeRestBackend, ServingBackend
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.modeldeployment import MlflowModelResolver, ModelDeploymentReconciler
@@ -44,11 +46,13 @@ class Runtime:
         job_models: JobModels = lambda ns, name: None,
         kube: client.ApiClient | None = None,
         observed_runs: Callable[[], Observed] | None = None,
+        secrets: SecretReader = no_secrets,
     ) -> Runtime:
         """Connect to Ray (or KubeRay) and MLflow, starting local ones where none is configured.
 
         With `kube` (the operator), work is admitted by the GPU ledger, rebuilt from
         `observed_runs` before its first decision; without (`mlplane run`), all work starts.
+        `secrets` reads the Secrets SageMaker deployments name for their AWS credentials.
         """
         mlflow_uri = config.mlflow_tracking_uri or embedded.start_local_mlflow(
             config.data_dir / "mlflow"
@@ -87,5 +91,8 @@ class Runtime:
                 env={"MLFLOW_TRACKING_URI": mlflow_uri},
                 # Replicas select their pool by the Ray node label KubeRay workers carry.
                 node_pool_label=RAY_POOL_LABEL if config.backend == "kuberay" else None,
+                sagemaker=SageMakerEndpoints(
+                    mlflow_uri, secrets, artifact_bucket=config.sagemaker_artifact_bucket
+                ),
             ),
         )
