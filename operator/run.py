@@ -272,7 +272,11 @@ class ServingView:
             markup=False,
             soft_wrap=True,
         )
-        answer = requests.post(status.url, json=body, timeout=30)
+        try:
+            answer = requests.post(status.url, json=body, timeout=30)
+        except requests.RequestException as error:  # shown, not fatal: the app keeps serving
+            self.console.print(f"  → {type(error).__name__}: {error}", markup=False)
+            return
         self.console.print(f"  → {answer.status_code} {answer.text}", markup=False, soft_wrap=True)
 
 
