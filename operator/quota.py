@@ -8,10 +8,13 @@ the last GPUs.
 
 Order is FIFO within priority (higher first), per namespace and pool: work never overtakes earlier
 work that waits for the same namespace's quota in the same pool, as in Kueue's StrictFIFO.
+creationTimestamp has whole seconds only, so work created in the same second keeps the order the
+ledger first saw it in (the watch's order); after a restart such ties fall back to name order.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -46,7 +49,8 @@ class Limits:
     namespace_pool_quota: Callable[[str, str], int | None]
     """GPUs a namespace may hold in a pool (the operator's configured quotas)."""
     namespace_quota: Callable[[str], int | None]
-    """GPUs a namespace may request in total (its ResourceQuota on requests.nvidia.com/gpu)."""
+    """GPUs a namespace may request in total (its ResourceQuota on requests.nvidia.com/gpu).
+    It may read the API server, so the ledger asks before taking its lock."""
 
 
 class GpuLedger:
@@ -58,6 +62,9 @@ class GpuLedger:
         self.limits = limits
         self._held: dict[str, Work] = {}
         self._waiting: dict[str, Work] = {}
+        self._arrival: dict[str, int] = {}
+        """uid -> when the ledger first saw it: the tie-break within one creation second."""
+        self._arrivals = itertools.count()
         self._lock = threading.Lock()
         self._observed = observed
 
@@ -70,11 +77,16 @@ class GpuLedger:
     def _replay(self, observed: Observed) -> None:
         self._held.clear()
         self._waiting.clear()
-        for work, phase in observed:
+        self._arrival.clear()
+        for work, phase in sorted(observed, key=lambda entry: (entry[0].created, entry[0].name)):
             if phase in HOLDING_PHASES:
                 self._held[work.uid] = work
             elif phase in WAITING_PHASES or phase is None:
                 self._waiting[work.uid] = work
+                self._arrived(work)
+
+    def _arrived(self, work: Work) -> None:
+        self._arrival.setdefault(work.uid, next(self._arrivals))
 
     def _ready(self) -> None:
         """Replay `observed` once, under the lock, before anything reads or changes the ledger."""
@@ -83,16 +95,19 @@ class GpuLedger:
             self._replay(observed())
 
     def admit(self, work: Work) -> Decision:
+        namespace_quota = self.limits.namespace_quota(work.namespace) if work.gpus else None
         with self._lock:
             self._ready()
             if work.uid in self._held:
                 return self._admitted(work)
             self._waiting[work.uid] = work
+            self._arrived(work)
             line = self._line(work)
             position = line.index(work) + 1
-            blocker = self._blocker(work)
+            blocker = self._blocker(work, namespace_quota)
             if position == 1 and blocker is None:
                 del self._waiting[work.uid]
+                del self._arrival[work.uid]
                 self._held[work.uid] = work
                 return self._admitted(work)
             message = f"needs {work.gpus} {work.pool} GPUs; {blocker or 'waiting for earlier work'}"
@@ -107,6 +122,7 @@ class GpuLedger:
             self._ready()
             self._held.pop(uid, None)
             self._waiting.pop(uid, None)
+            self._arrival.pop(uid, None)
 
     def held(self, pool: str, namespace: str | None = None) -> int:
         with self._lock:
@@ -116,7 +132,7 @@ class GpuLedger:
     def waiting(self) -> list[Work]:
         with self._lock:
             self._ready()
-            return sorted(self._waiting.values(), key=_order)
+            return sorted(self._waiting.values(), key=self._order)
 
     def _admitted(self, work: Work) -> Decision:
         return Decision(True, Queue(pool=work.pool, gpus=work.gpus, position=0), "admitted")
@@ -128,7 +144,10 @@ class GpuLedger:
             for w in self._waiting.values()
             if w.namespace == work.namespace and w.pool == work.pool
         ]
-        return sorted(same, key=_order)
+        return sorted(same, key=self._order)
+
+    def _order(self, work: Work) -> tuple[int, str, int]:
+        return (-work.priority, work.created, self._arrival[work.uid])
 
     def _sum(self, pool: str | None, namespace: str | None) -> int:
         return sum(
@@ -137,14 +156,14 @@ class GpuLedger:
             if (pool is None or w.pool == pool) and (namespace is None or w.namespace == namespace)
         )
 
-    def _blocker(self, work: Work) -> str | None:
+    def _blocker(self, work: Work, namespace_quota: int | None) -> str | None:
         """Why `work` cannot have its GPUs now, or None when it can."""
         if not work.gpus:
             return None
         ns, pool = work.namespace, work.pool
         checks = (
             (self.limits.namespace_pool_quota(ns, pool), pool, ns),
-            (self.limits.namespace_quota(ns), None, ns),
+            (namespace_quota, None, ns),
             (self.limits.pool_capacity(pool), pool, None),
         )
         for limit, limit_pool, limit_ns in checks:
@@ -154,10 +173,6 @@ class GpuLedger:
             if used + work.gpus > limit:
                 return _describe(limit_ns, limit_pool, used, limit)
         return None
-
-
-def _order(work: Work) -> tuple[int, str, str]:
-    return (-work.priority, work.created, work.uid)
 
 
 def _describe(namespace: str | None, pool: str | None, used: int, limit: int) -> str:
@@ -206,11 +221,12 @@ class ResourceQuotaGpus:
     def __call__(self, namespace: str) -> int | None:
         with self._lock:
             cached = self._read.get(namespace)
-            if cached and self.clock() - cached[0] < self.max_age:
-                return cached[1]
-            limit = self._limit(namespace)
+        if cached and self.clock() - cached[0] < self.max_age:
+            return cached[1]
+        limit = self._limit(namespace)  # not under the lock: a slow read holds up no one else
+        with self._lock:
             self._read[namespace] = (self.clock(), limit)
-            return limit
+        return limit
 
     def _limit(self, namespace: str) -> int | None:
         try:

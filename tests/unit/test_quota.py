@@ -72,6 +72,19 @@ def test_fifo_no_overtaking_within_a_namespace() -> None:
     assert gpus.admit(job(3, gpus=1)).admitted
 
 
+def test_work_created_in_the_same_second_waits_in_the_order_it_arrived() -> None:
+    """creationTimestamp has whole seconds: the later of two jobs made in one second, whose
+    uid happens to sort first, still queues behind the earlier one."""
+    gpus = ledger()
+    gpus.admit(job(1, gpus=8))
+    same_second = job(2).created
+    earlier = Work("u9", "team-a", "late-name", "a100", 4, created=same_second)
+    later = Work("u0", "team-a", "early-name", "a100", 4, created=same_second)
+    assert gpus.admit(earlier).queue.position == 1
+    assert gpus.admit(later).queue.position == 2
+    assert gpus.admit(earlier).queue.position == 1
+
+
 def test_priority_goes_before_age() -> None:
     gpus = ledger()
     gpus.admit(job(1, gpus=8))
