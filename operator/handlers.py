@@ -24,6 +24,7 @@ from mlplane.operator.runtime import Runtime
 from mlplane.operator.status import TERMINAL_PHASES, Event, invalid_spec_status
 
 FINALIZER = f"{GROUP}/finalizer"
+RECONCILE_THREADS = 16
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,12 +139,15 @@ def _register_runs_index(registry: kopf.OperatorRegistry, kind: str, index_id: s
 
 
 def _kube_client() -> client.ApiClient:
-    """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG, as kubectl does."""
+    """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG, as kubectl does. One connection per
+    reconcile thread, so none is opened (a TLS handshake) only to be discarded."""
+    configuration = client.Configuration()
     try:
-        kubeconfig.load_incluster_config()
+        kubeconfig.load_incluster_config(client_configuration=configuration)
     except kubeconfig.ConfigException:
-        return kubeconfig.new_client_from_config()
-    return client.ApiClient()
+        kubeconfig.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = RECONCILE_THREADS
+    return client.ApiClient(configuration)
 
 
 def _registered_model(namespace: str, name: str) -> str | None:
@@ -192,6 +196,9 @@ def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.Ope
         settings.persistence.finalizer = FINALIZER
         # Our reconcilers emit the Events users read; kopf's own handler chatter stays in logs.
         settings.posting.level = logging.WARNING
+        # Steps wait on MLflow and the API server far more than they compute: with kopf's default
+        # of CPUs + 4 threads, a burst of launches would hold up every queued job's re-check.
+        settings.execution.max_workers = RECONCILE_THREADS
         runs = [kwargs[index_id] for index_id in RUN_KINDS.values()]  # kopf passes indices
         memo.runtime = Runtime.start(
             config,
