@@ -218,3 +218,53 @@ def test_serverless_endpoint(start_operator: Callable[[], Operator], aws: AwsCli
     }
     operator.reconciler.delete(md)
     assert left_in_moto(aws, md)["endpoints"] == []
+
+
+def test_without_a_secret_the_operators_own_identity_is_used(
+    moto_server: MotoServer,
+    mlflow_server: str,
+    registered: str,
+    aws: AwsClients,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No spec.sagemaker.credentialsSecret: no Secret is read and boto3's default chain (IRSA's
+    web identity in a pod; here the environment) signs the calls."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAOPERATORIDENTITY1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator-identity-secret")
+    signed_with: list[str] = []
+
+    def clients(region: str, url: str | None, credentials: AwsCredentials | None) -> AwsClients:
+        assert credentials is None
+        made = boto3_clients(region, url, credentials)
+        made.sagemaker.meta.events.register(
+            "before-send.sagemaker.*",
+            lambda request, **_: signed_with.append(
+                request.headers["Authorization"].decode().split("Credential=")[1].split("/")[0]
+            ),
+        )
+        return made
+
+    def no_secrets(namespace: str, name: str) -> dict[str, str]:
+        raise AssertionError(f"read Secret {namespace}/{name} though none is named")
+
+    reconciler = ModelDeploymentReconciler(
+        backend=None,  # type: ignore[arg-type]  # Ray Serve is not involved
+        models=MlflowModelResolver(mlflow_server),
+        job_models=lambda namespace, job: registered,
+        sagemaker=SageMakerEndpoints(
+            mlflow_server,
+            secrets=no_secrets,
+            artifact_bucket=BUCKET,
+            endpoint_url=moto_server.endpoint_url,
+            clients=clients,
+        ),
+    )
+    md = applied()
+    data = md.to_dict()
+    del data["spec"]["sagemaker"]["credentialsSecret"]
+    md = ModelDeployment.model_validate(data)
+    md = md.model_copy(update={"status": reconciler.reconcile(md).status})
+    assert md.status.phase == "Available", md.status
+    assert signed_with and set(signed_with) == {"AKIAOPERATORIDENTITY1"}
+    reconciler.delete(md)
+    assert left_in_moto(aws, md)["endpoints"] == []
