@@ -28,6 +28,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mlplane cluster build
 	$(BIN)/python -m pytest
 
