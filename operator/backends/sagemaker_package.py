@@ -12,6 +12,7 @@ from typing import Any
 import mlflow
 import yaml
 from botocore.exceptions import ClientError
+from mlflow.store.artifact.utils.models import get_model_name_and_version
 
 from mlplane.operator.backends import sagemaker_render as render
 from mlplane.operator.backends.aws import error_code
@@ -56,11 +57,23 @@ class ModelPackager:
         self._layouts[url] = layouts
         return layouts
 
+    def _files_of(self, model_uri: str) -> str:
+        """Where a `models:/` URI's files are, asked of the operator's MLflow server: MLflow's
+        own resolution of such URIs reads the process's default registry, whatever
+        `download_artifacts` is told."""
+        if not model_uri.startswith("models:/"):
+            return model_uri
+        client = mlflow.MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
+        found = get_model_name_and_version(client, model_uri)
+        if len(found) == 1:  # models:/<logged model id>
+            return client.get_logged_model(found[0]).artifact_location
+        return client.get_model_version_download_uri(*found)
+
     def _upload(self, s3: Any, bucket: str, key: str, model_uri: str) -> frozenset[str]:
         with tempfile.TemporaryDirectory(prefix="mlplane-sagemaker-") as scratch:
             model_dir = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=model_uri,
+                    artifact_uri=self._files_of(model_uri),
                     dst_path=str(Path(scratch) / "download"),
                     tracking_uri=self.tracking_uri,
                 )
