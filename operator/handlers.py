@@ -39,11 +39,25 @@ def _active(status: Mapping[str, Any], meta: Mapping[str, Any], **_: Any) -> boo
     return status.get("phase") not in TERMINAL_PHASES or lagging
 
 
-def _status_patch(status: Any, current: Mapping[str, Any]) -> dict[str, Any]:
-    """The status fields that changed: a thousand queued jobs re-checked each tick write nothing."""
+def status_patch(status: Any, current: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch from the stored status to `status`: only what changed, so a thousand
+    queued jobs re-checked each tick write nothing, and null for what is gone (a finished run's
+    ETA), which a merge patch would otherwise keep."""
     wire = status.to_dict()
     wire.pop("kopf", None)  # kopf's own bookkeeping is written by kopf
-    return {key: value for key, value in wire.items() if current.get(key) != value}
+    return _merge_patch({key: current[key] for key in current if key != "kopf"}, wire)
+
+
+def _merge_patch(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    patch: dict[str, Any] = {key: None for key in current if key not in wanted}
+    for key, value in wanted.items():
+        old = current.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            if nested := _merge_patch(old, value):
+                patch[key] = nested
+        elif old != value:
+            patch[key] = value
+    return patch
 
 
 def _emit(body: Mapping[str, Any], events: list[Event]) -> None:
@@ -107,7 +121,7 @@ def _register_kind(
                     _emit(body, [Event("Warning", "InvalidSpec", "; ".join(reasons))])
                 return
             step = reconciler_of(memo.runtime).reconcile(model.model_validate(doc))
-        patch.status.update(_status_patch(step.status, body.status))
+        patch.status.update(status_patch(step.status, body.status))
         metrics.transition(kind, before, step.status.phase)
         _emit(body, step.events)
 
