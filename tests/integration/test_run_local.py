@@ -74,8 +74,10 @@ def test_mlplane_run_trains_the_example_and_prints_its_status(
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "epoch" in result.stdout  # the progress line
     status = printed_status(result.stdout)
+    before_status = result.stdout[: result.stdout.rindex("\nstatus:")]
+    # The progress bar: the job, its epochs done of planned, the headline validation metric.
+    assert re.search(r"churn-xgb.*epoch\s+\d+/\d+.*val_auc=0\.\d{4}", before_status), before_status
     assert status["phase"] == "Succeeded"
     assert status["metrics"]["test_roc_auc"] >= 0.97
     assert status["model"]["uri"].startswith("models:/churn-model/")

@@ -120,6 +120,23 @@ def test_default_config_is_the_embedded_default(helm: Path, tmp_path: Path) -> N
     assert config.node_pools == [] and config.gpu_quotas == {}
 
 
+def test_the_readmes_helm_install_flags_render_what_they_say(helm: Path, tmp_path: Path) -> None:
+    """The README's `helm install` line as `helm template`: its --set flags are real values."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    line = re.search(r"helm install mlplane helm/mlplane (.*?)\n(.*?)\n", readme)
+    assert line, "the README has no helm install line"
+    flags = re.findall(r"--set (\S+)", line.group(1) + line.group(2))
+    assert flags == [
+        "operator.rayAddress=http://ray-head.ray.svc:8265",
+        "mlflow.server.enabled=true",
+    ]
+    docs = render(helm, *(arg for value in flags for arg in ("--set", value)))
+    config = operator_config(docs, tmp_path)
+    assert config.ray_address == "http://ray-head.ray.svc:8265"
+    assert config.mlflow_tracking_uri == "http://mlplane-mlflow.mlplane-system.svc:5000"
+    assert container(docs, "mlplane-mlflow")["command"] == ["mlflow", "server"]
+
+
 def test_two_gpu_pools_and_quotas_render_into_the_operator_config(
     helm: Path, tmp_path: Path
 ) -> None:
