@@ -559,11 +559,17 @@ def _http_ok(url: str) -> bool:
 
 
 def _alive(record: ProcessRecord) -> bool:
-    """Running (not a zombie) and still the binary we started, not a reused pid."""
+    """Running (not a zombie) and still the binary we started, not a reused pid.
+
+    A process that Popen has just returned may not have its command line yet: the kernel closes
+    the exec pipe Popen waits on before it sets up the new arguments, so an empty one (on a
+    busy machine, for milliseconds) is judged by the executable instead."""
     proc = Path("/proc") / str(record.pid)
     try:
         state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         argv0 = (proc / "cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        if not argv0:
+            argv0 = os.readlink(proc / "exe")
     except (OSError, IndexError):
         return False
     return state != "Z" and argv0 == record.binary

@@ -1,4 +1,4 @@
-"""`mlplane run`: the README's demo, on the embedded default (its own local Ray and MLflow).
+"""`make demo` and `mlplane run`: the README's demo, on the embedded default (own Ray, MLflow).
 
 The TrainingJob example registers churn-model@candidate in the embedded MLflow under the data
 dir; the ModelDeployment example then serves that model from the same data dir, as a user does.
@@ -62,11 +62,13 @@ def printed_status(output: str) -> dict:
     return yaml.safe_load(output[printed.start() :])["status"]
 
 
-def test_mlplane_run_trains_the_example_and_prints_its_status(
+def test_make_demo_validates_the_examples_then_trains_and_prints_the_status(
     env: dict[str, str], data_dir: Path
 ) -> None:
+    """The README's first command, `make demo` (its setup is done: the suite runs in that venv):
+    `mlplane validate examples/`, then `mlplane run examples/trainingjob-xgboost.yaml`."""
     result = subprocess.run(
-        [MLPLANE, "run", "examples/trainingjob-xgboost.yaml"],
+        ["make", "demo"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -74,6 +76,7 @@ def test_mlplane_run_trains_the_example_and_prints_its_status(
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "mlplane validate examples/" in result.stdout  # make echoes each step it runs
     status = printed_status(result.stdout)
     before_status = result.stdout[: result.stdout.rindex("\nstatus:")]
     # The progress bar: the job, its epochs done of planned, the headline validation metric.
