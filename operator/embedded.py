@@ -177,6 +177,11 @@ def start_local_ray(
         f"--dashboard-host={LOCALHOST}",
         f"--dashboard-port={dashboard_port}",
         f"--dashboard-agent-listen-port={free_port()}",
+        # Given ports, the raylet does not wait for its agents to publish theirs: a dashboard
+        # agent that imports slowly on a busy machine (over 15 s) would make it abort the start.
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
         f"--ray-client-server-port={free_port()}",
         f"--num-cpus={num_cpus}",
         "--num-gpus=0",
