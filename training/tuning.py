@@ -32,7 +32,7 @@ import mlflow
 import optuna
 import ray
 from mlflow import MlflowClient
-from mlflow.entities import Metric, RunTag
+from mlflow.entities import Metric, Run, RunTag
 from ray import cloudpickle, tune
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
@@ -61,6 +61,7 @@ from mlplane.training.worker import EPOCH_HYPERPARAMETER, call_loop, planned_epo
 PRUNED_KEY = "mlplane_pruned"
 """Set on the result at which ASHA stopped a trial; kept in Tune's state, so it survives restore."""
 TRIAL_ID_TAG = "mlplane.trial_id"
+TRIAL_STATE_TAG = "mlplane.trial_state"
 BEST_TRIAL_TAG = "mlplane.best_trial"
 # The parent run's live counts are written at most this often (and on every trial state change).
 PUBLISH_INTERVAL_SECONDS = 1.0
@@ -281,11 +282,18 @@ class SweepTracker(tune.Callback, tune.Stopper):
         self.parent_run_id = parent_run_id
         self.failed: set[str] = set()
         self._runs: dict[str, str] = {}
+        self._finished: set[str] = set()
         self._client: MlflowClient | None = None
         self._published = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_runs": {}, "_published": 0.0}
+        return {
+            **self.__dict__,
+            "_client": None,
+            "_runs": {},
+            "_finished": set(),
+            "_published": 0.0,
+        }
 
     @property
     def client(self) -> MlflowClient:
@@ -299,7 +307,8 @@ class SweepTracker(tune.Callback, tune.Stopper):
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
         run_id = self._child(trial, trials.index(trial))
-        self.client.update_run(run_id, status="RUNNING")
+        if trial.trial_id not in self._finished:
+            self.client.update_run(run_id, status="RUNNING")
         self._publish(trials, {trial.trial_id: "running"}, force=True)
 
     def on_trial_result(
@@ -309,7 +318,9 @@ class SweepTracker(tune.Callback, tune.Stopper):
         epoch = int(metrics.get("epoch", result.get("training_iteration", 0)))
         if result.get("done") and epoch < self._planned_epochs(trial):
             result[PRUNED_KEY] = True  # stopped by the scheduler before its last epoch
-        log_epoch(self.tracking_uri, self._child(trial, trials.index(trial)), metrics, epoch)
+        run_id = self._child(trial, trials.index(trial))
+        if trial.trial_id not in self._finished:
+            log_epoch(self.tracking_uri, run_id, metrics, epoch)
         self._publish(trials)
 
     def on_trial_complete(
@@ -348,11 +359,20 @@ class SweepTracker(tune.Callback, tune.Stopper):
         return planned_epochs(spec.framework, spec.hyperparameters)
 
     def _child(self, trial: Trial, number: int) -> str:
-        """The trial's child run: found again after a restore, else created."""
+        """The trial's child run: found again after a restore, else created.
+
+        A trial can finish in MLflow after Tune's last snapshot of the experiment; a restore then
+        replays its end from the final checkpoint. Such a run is marked finished and left as
+        the first attempt ended it.
+        """
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        run_id = self._find(trial.trial_id)
-        if run_id is None:
+        found = self._find_run(trial.trial_id)
+        if found is not None:
+            run_id = found.info.run_id
+            if _completed(found):
+                self._finished.add(trial.trial_id)
+        else:
             run = self.client.create_run(
                 experiment_id(self.client, self.experiment),
                 run_name=f"{self.name}-{number}",
@@ -370,6 +390,10 @@ class SweepTracker(tune.Callback, tune.Stopper):
         return run_id
 
     def _find(self, trial_id: str) -> str | None:
+        found = self._find_run(trial_id)
+        return found.info.run_id if found else None
+
+    def _find_run(self, trial_id: str) -> Run | None:
         found = self.client.search_runs(
             [experiment_id(self.client, self.experiment)],
             filter_string=(
@@ -378,7 +402,7 @@ class SweepTracker(tune.Callback, tune.Stopper):
             ),
             max_results=1,
         )
-        return found[0].info.run_id if found else None
+        return found[0] if found else None
 
     def _end_child(
         self,
@@ -389,7 +413,9 @@ class SweepTracker(tune.Callback, tune.Stopper):
         tags: Mapping[str, str] | None = None,
     ) -> None:
         run_id = self._child(trial, trials.index(trial))
-        all_tags = {"mlplane.trial_state": state, **(tags or {})}
+        if trial.trial_id in self._finished:
+            return
+        all_tags = {TRIAL_STATE_TAG: state, **(tags or {})}
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in all_tags.items()])
         self.client.set_terminated(run_id, status)
 
@@ -421,6 +447,11 @@ class SweepTracker(tune.Callback, tune.Stopper):
             "metrics": best.metrics,
             "runId": self._runs.get(best.trial_id) or self._find(best.trial_id),
         }
+
+
+def _completed(run: Run) -> bool:
+    """Whether the child run records a trial that ran to its end."""
+    return run.info.status == "FINISHED" and run.data.tags.get(TRIAL_STATE_TAG) == "completed"
 
 
 # -- the experiment -------------------------------------------------------------------------------

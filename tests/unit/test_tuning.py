@@ -4,12 +4,14 @@ sampler and scheduler a spec asks for, sampled values on the template, and how t
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 import yaml
+from mlflow import MlflowClient
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform
@@ -243,3 +245,48 @@ def test_the_tracker_pickles_without_its_client_and_stops_after_too_many_failure
     restored.failed.add("b")
     assert restored.stop_all()
     assert not tracker("a", {"val_auc": 0.9})  # single trials are never stopped by it
+
+
+@dataclass
+class TuneTrial:
+    """What the tracker reads of a Tune trial."""
+
+    trial_id: str
+    config: dict[str, Any]
+    status: str = "RUNNING"
+    last_result: dict[str, Any] = field(default_factory=dict)
+
+
+def test_a_trial_finished_before_the_interruption_is_not_ended_again(
+    tmp_path: Path,
+) -> None:
+    """Tune snapshots the experiment every second; a trial that completes after the snapshot is
+    replayed from its final checkpoint on restore. Its MLflow run keeps its first end."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    context = RunContext("ns", "churn-sweep", "uid", 1, uri, str(tmp_path), "exp")
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("exp")).info.run_id
+    tracker = SweepTracker(sweep(), context, parent)
+    trial = TuneTrial("t0", {"eta": 0.1, "max_depth": 3, "subsample": 0.8, "min_child_weight": 1})
+    snapshot = pickle.dumps(tracker)
+    tracker.on_trial_start(0, [trial], trial)
+    for epoch in (1, 2):
+        trial.last_result = {"val_auc": 0.9 + epoch / 100, "epoch": epoch}
+        tracker.on_trial_result(0, [trial], trial, dict(trial.last_result))
+    trial.status = "TERMINATED"
+    tracker.on_trial_complete(0, [trial], trial)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("exp").experiment_id], "tags.`mlplane.trial_id` = 't0'"
+    )
+    assert run.info.status == "FINISHED" and run.data.tags["mlplane.trial_state"] == "completed"
+
+    restored = pickle.loads(snapshot)
+    trial.status = "RUNNING"
+    restored.on_trial_start(0, [trial], trial)
+    restored.on_trial_result(0, [trial], trial, {"val_auc": 0.92, "epoch": 2})
+    trial.status = "TERMINATED"
+    restored.on_trial_complete(0, [trial], trial)
+
+    again = client.get_run(run.info.run_id)
+    assert (again.info.status, again.info.end_time) == ("FINISHED", run.info.end_time)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2]
