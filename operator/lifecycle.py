@@ -296,6 +296,7 @@ class RunReconciler(ABC, Generic[S]):
                 "mlplane.namespace": meta.namespace or "",
                 "mlplane.name": meta.name,
             },
+            created=meta.creation_timestamp or "",
         )
         status.attempts = max(status.attempts, 1)
         status.start_time = status.start_time or now()
@@ -318,7 +319,13 @@ class RunReconciler(ABC, Generic[S]):
         status = step.status
         ref = self.attempt_ref(resource, status.attempts)
         state = self.backend.state(ref)
-        snapshot = self.feed.get(status.mlflow) if status.mlflow and status.mlflow.run_id else None
+        if state.dashboard_url and status.ray:
+            status.ray.dashboard_url = state.dashboard_url
+        # A job Ray has not started has written nothing to MLflow yet; leaving it out of the
+        # feed keeps the one shared search to the runs that move (a long queue of pending
+        # RayJobs would otherwise be read in full every interval).
+        started = state.status != "PENDING" and status.mlflow and status.mlflow.run_id
+        snapshot = self.feed.get(status.mlflow) if started else None
         if snapshot:
             self.mirror(status, snapshot)
         self._account_gpus(status, resource)
@@ -440,5 +447,6 @@ class RunReconciler(ABC, Generic[S]):
     def _let_go(self, resource: Any, status: S) -> None:
         """Give back the quota and stop watching MLflow for a resource that is done."""
         self.admission.release(resource.metadata.uid or "")
+        self.tracking.forget(resource.metadata.uid or "")
         if status.mlflow and status.mlflow.run_id:
             self.feed.forget(status.mlflow.run_id)

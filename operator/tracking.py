@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -29,21 +30,44 @@ class RunSnapshot:
         return cls(run.info.run_id, run.info.status, data.metrics, data.tags, data.params)
 
 
+CLOCK_SKEW = timedelta(seconds=5)
+"""How far the API server's clock (creationTimestamp) may be ahead of the operator's."""
+
+
 class Tracking:
-    """The operator's MLflow client. Training code writes; the operator only creates and reads."""
+    """The operator's MLflow client. Training code writes; the operator only creates and reads.
+
+    Admitting a job costs one MLflow call, creating its run: experiment ids are cached, and the
+    search for a run an earlier operator process made is only done where one can exist.
+    """
 
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
+        self.started = datetime.now(UTC)
+        self._experiment_ids: dict[str, str] = {}
+        self._made: dict[str, MlflowRef] = {}
+        """Runs this process made, by resource UID, until `forget`: a step retried after the
+        run was made (the launch failed, the status patch was lost) finds it here."""
 
     def ensure_run(
-        self, experiment: str, uid: str, run_name: str, tags: dict[str, str]
+        self, experiment: str, uid: str, run_name: str, tags: dict[str, str], created: str = ""
     ) -> MlflowRef:
-        """The run for `uid`, made on first call; the runner finds it by its `mlplane.uid` tag."""
-        found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
-        existing = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`mlplane.uid` = '{uid}'", max_results=1
+        """The run for `uid`, made on first call; the runner finds it by its `mlplane.uid` tag.
+
+        `created` is the resource's creationTimestamp. Only a resource created before this
+        process started can have had a run made by an earlier one (which then stopped before
+        it wrote the status), so only then is MLflow searched: a tag search scans the experiment.
+        """
+        if uid in self._made:
+            return self._made[uid]
+        experiment_id = self.experiment_id(experiment)
+        existing = (
+            self.client.search_runs(
+                [experiment_id], filter_string=f"tags.`mlplane.uid` = '{uid}'", max_results=1
+            )
+            if self._seen_before_start(created)
+            else []
         )
         if existing:
             run_id = existing[0].info.run_id
@@ -52,9 +76,28 @@ class Tracking:
                 experiment_id, run_name=run_name, tags={"mlplane.uid": uid, **tags}
             )
             run_id = run.info.run_id
-        return MlflowRef(
+        ref = MlflowRef(
             experiment_id=experiment_id, run_id=run_id, url=self.run_url(experiment_id, run_id)
         )
+        self._made[uid] = ref
+        return ref
+
+    def forget(self, uid: str) -> None:
+        """The resource is done: its run is in its status for good."""
+        self._made.pop(uid, None)
+
+    def experiment_id(self, name: str) -> str:
+        if name not in self._experiment_ids:
+            found = self.client.get_experiment_by_name(name)
+            self._experiment_ids[name] = (
+                found.experiment_id if found else self.client.create_experiment(name)
+            )
+        return self._experiment_ids[name]
+
+    def _seen_before_start(self, created: str) -> bool:
+        if not created:
+            return True
+        return datetime.fromisoformat(created) < self.started + CLOCK_SKEW
 
     def run_url(self, experiment_id: str, run_id: str) -> str | None:
         if not self.tracking_uri.startswith(("http://", "https://")):

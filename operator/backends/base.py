@@ -18,6 +18,8 @@ class JobState:
     message: str = ""
     reason: str = ""
     """Why it ended, when the backend says (KubeRay: DeadlineExceeded, AppFailed …)."""
+    dashboard_url: str | None = None
+    """The Ray dashboard, where the backend learns it only once the job runs (KubeRay)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes import client
@@ -219,6 +219,10 @@ def cluster_problem(cluster_status: dict[str, Any] | None) -> tuple[str, str] | 
 def job_state(rayjob_status: dict[str, Any] | None) -> JobState:
     """KubeRay's status folded into one JobState, failure and waiting reasons kept."""
     status = rayjob_status or {}
+    return replace(_job_state(status), dashboard_url=status.get("dashboardURL") or None)
+
+
+def _job_state(status: dict[str, Any]) -> JobState:
     deployment = status.get("jobDeploymentStatus", "")
     job = status.get("jobStatus", "")
     reason = status.get("reason", "")
@@ -315,5 +319,5 @@ class KubeRayBackend:
                 raise
 
     def dashboard_url(self, ref: AttemptRef) -> str | None:
-        rayjob = self._get(ref)
-        return (rayjob or {}).get("status", {}).get("dashboardURL")
+        """Unknown at launch: KubeRay sets it once the RayCluster is up, and `state` carries it."""
+        return None

@@ -288,9 +288,11 @@ def test_kuberay_transitions_move_the_training_job(
     assert rayjob(team, "slow-a1")["spec"]["activeDeadlineSeconds"] == 3600
 
     kuberay_says(team, k8s_api, "ok", **rayjob_status("Initializing"))
-    kuberay_says(team, k8s_api, "ok", **rayjob_status("Running", "RUNNING"))
+    head = "http://ok-a1-head-svc.kuberay-moves:8265"  # KubeRay's, once the cluster is up
+    kuberay_says(team, k8s_api, "ok", **rayjob_status("Running", "RUNNING", dashboardURL=head))
     running = wait_for(phase_is(team, "ok", "Running"), 15)
     assert conditions(running)["Running"]["status"] == "True"
+    assert running["ray"]["dashboardUrl"] == head
     kuberay_says(team, k8s_api, "ok", **rayjob_status("Complete", "SUCCEEDED"))
     done = wait_for(phase_is(team, "ok", "Succeeded"), 15)
     assert conditions(done)["Complete"]["status"] == "True"

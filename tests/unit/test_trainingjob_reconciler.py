@@ -7,6 +7,7 @@ on a SQLite file. The same reconciler runs against real Ray in tests/e2e.
 
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,21 @@ def test_gpus_without_any_gpu_pool_are_refused(parts) -> None:
     reconciler, _, _ = parts
     job = step(reconciler, make_job(resources={"perWorker": {"gpu": 1}}))
     assert "spec.resources.perWorker.gpu" in condition(job.status.conditions, "Failed").message
+
+
+def test_a_jobs_run_is_made_once_across_retried_steps_and_operator_restarts(
+    tracking: Tracking,
+) -> None:
+    uid, created = str(uuid.uuid4()), datetime.now(UTC).isoformat()
+    first = tracking.ensure_run("once", uid, "j", {}, created)
+    assert tracking.ensure_run("once", uid, "j", {}, created) == first  # the launch failed
+    # The operator stopped before it wrote the status; its successor searches MLflow.
+    restarted = Tracking(tracking.tracking_uri)
+    assert restarted.ensure_run("once", uid, "j", {}, created) == first
+    runs = tracking.client.search_runs(
+        [first.experiment_id], filter_string=f"tags.`mlplane.uid` = '{uid}'"
+    )
+    assert [r.info.run_id for r in runs] == [first.run_id]
 
 
 def test_one_mlflow_query_serves_many_jobs(tracking: Tracking) -> None:
