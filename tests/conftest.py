@@ -18,12 +18,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from service_fixtures import unavailable
 
 from mlplane.operator.cluster.build import HELM, Parts, cache_root, ensure_parts, ensure_tool
 from mlplane.operator.cluster.controlplane import ControlPlane
@@ -33,13 +34,6 @@ ESTABLISHED_TIMEOUT = 60.0
 _PARTS = pytest.StashKey["Parts | Exception"]()
 _HELM = pytest.StashKey["Path | Exception"]()
 T = TypeVar("T")
-
-
-def _unavailable(reason: str, error: BaseException) -> NoReturn:
-    """Fail under CI (an unavailable cluster is a broken run there), else skip with the reason."""
-    if os.environ.get("CI", "").lower() == "true":
-        raise RuntimeError(f"{reason}: {error}") from error
-    pytest.skip(f"{reason}: {error}")
 
 
 @contextlib.contextmanager
@@ -94,7 +88,7 @@ def _ready(
     """What was built at collection, or is built now; unavailable if the build failed."""
     outcome = config.stash.get(key, None) or build(config)
     if isinstance(outcome, Exception):
-        _unavailable(f"cannot build {what}", outcome)
+        unavailable(f"cannot build {what}", outcome)
     return outcome
 
 
@@ -123,7 +117,7 @@ def kubeconfig(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> I
         try:
             result = plane.up(_progress)
         except Exception as error:
-            _unavailable("the local control plane did not start", error)
+            unavailable("the local control plane did not start", error)
     yield plane.kubeconfig
     # A control plane found already running belongs to whoever started it; leave it up.
     if not result.already_running:
