@@ -1,6 +1,7 @@
 """One model behind three servers, under the same closed-loop load: throughput and latency.
 
     .venv/bin/python bench/serving_throughput.py [--concurrency 1 4 16 64] [--seconds 15]
+        [--servers mlplane fastapi mlflow]
 
 The model is the one the README's demo trains (`mlplane run examples/trainingjob-xgboost.yaml`,
 registered as churn-model@candidate on a local MLflow server started here). It is served by:
@@ -206,6 +207,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--servers", nargs="+", choices=["mlplane", "fastapi", "mlflow"],
+        default=["mlplane", "fastapi", "mlflow"],
+    )  # fmt: skip
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="mlplane-bench-") as scratch:
@@ -228,8 +233,8 @@ def main() -> None:
             "mlflow": lambda: mlflow_target(env, version_uri),
         }
         results: list[Measurement] = []
-        for start in targets.values():
-            with start() as target:
+        for name in args.servers:
+            with targets[name]() as target:
                 for concurrency in args.concurrency:
                     measured = asyncio.run(closed_loop(target, rows, concurrency, args.seconds))
                     print(measured.row(), flush=True)

@@ -36,6 +36,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlplane.serving.config import SERVE_PROCESS_ENV
+
 LOCALHOST = "127.0.0.1"
 # A Unix socket path may be at most 107 bytes; Ray puts sockets under
 # <temp_dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store (about 60 bytes past temp_dir).
@@ -196,6 +198,7 @@ def start_local_ray(
         RAY_USAGE_STATS_ENABLED="0",
         # Ray Train V2 otherwise waits ~2 s per report for its health check.
         RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
+        **SERVE_PROCESS_ENV,
     )
     service = _spawn("ray head", url, argv, env, data_dir / "ray-head.log")
     _wait_http(f"{url}/api/version", service, timeout)

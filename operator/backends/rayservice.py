@@ -36,7 +36,7 @@ from mlplane.operator.backends.kuberay import (
     worker_group,
 )
 from mlplane.operator.backends.serve import AppState, read_metrics, same_config
-from mlplane.serving.config import SERVER_DEPLOYMENT
+from mlplane.serving.config import SERVE_PROCESS_ENV, SERVER_DEPLOYMENT
 
 SERVE_PORT = 8000
 """Serve's HTTP port in KubeRay's `<name>-serve-svc` Service."""
@@ -78,8 +78,8 @@ def rayservice_spec(application: dict[str, Any], placement: Placement) -> dict[s
         int(options.get("num_gpus", 0)),
     )
     cluster: dict[str, Any] = {
-        "headGroupSpec": head_group(placement),
-        "workerGroupSpecs": [workers],
+        "headGroupSpec": _with_serve_env(head_group(placement)),
+        "workerGroupSpecs": [_with_serve_env(workers)],
     }
     if most > least:
         # Serve's autoscaler asks Ray for replicas; Ray's asks KubeRay for worker pods.
@@ -88,6 +88,13 @@ def rayservice_spec(application: dict[str, Any], placement: Placement) -> dict[s
         "serveConfigV2": yaml.safe_dump({"applications": [application]}, sort_keys=False),
         "rayClusterConfig": cluster,
     }
+
+
+def _with_serve_env(group: dict[str, Any]) -> dict[str, Any]:
+    env = [{"name": name, "value": value} for name, value in SERVE_PROCESS_ENV.items()]
+    for container in group["template"]["spec"]["containers"]:
+        container["env"] = [*container.get("env", []), *env]
+    return group
 
 
 def render_rayservice(

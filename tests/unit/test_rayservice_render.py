@@ -68,6 +68,11 @@ def test_one_worker_per_replica_on_the_replicas_pool() -> None:
     assert group["rayStartParams"]["labels"] == "mlplane.dev/pool=t4"
     head = cluster["headGroupSpec"]["template"]["spec"]
     assert head["nodeSelector"] == {"mlplane.dev/pool": "cpu"}
+    # Serve's controller and proxy run on the head, replicas on the workers: both read the mode.
+    for spec in (head, pod):
+        env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
 
 
 def test_fixed_replicas_need_no_autoscaler() -> None:

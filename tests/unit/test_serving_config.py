@@ -62,8 +62,8 @@ def test_autoscaling_resources_batching_and_route_map_onto_serve_options() -> No
         "target_ongoing_requests": 4.0,
     }
     assert s["ray_actor_options"] == {"num_cpus": 0.5, "num_gpus": 1.0, "memory": 2 * 1024**3}
-    # A replica can hold a full batch of single-row requests.
-    assert s["max_ongoing_requests"] == 64
+    # A replica holds two full batches of single-row requests: one predicting, one filling.
+    assert s["max_ongoing_requests"] == 128
 
 
 def test_node_pool_becomes_a_label_selector_only_when_the_backend_names_the_label() -> None:

@@ -36,6 +36,9 @@ def test_a_valid_row_becomes_a_typed_frame_in_signature_order() -> None:
     assert str(frame["age"].dtype) == "int64"
     assert str(frame["income"].dtype) == "float64"
     assert frame["member"].tolist() == [True, True]
+    # Strings stay Python objects, as MLflow's schema enforcement expects, not pandas' str dtype.
+    assert frame["plan"].dtype == object
+    assert frame["plan"].tolist() == ["gold", "gold"]
 
 
 def test_optional_feature_may_be_missing_null_or_nan() -> None:
