@@ -17,6 +17,13 @@ from mlplane.crds.base import GROUP, VERSION
 from mlplane.crds.validation import validate_object
 from mlplane.operator.admission import Work
 from mlplane.operator.backends.aws import CredentialsUnavailable
+from mlplane.operator.backends.kuberay import (
+    RAY_GROUP,
+    RAY_VERSION,
+    SUBMISSION_LABEL,
+    ObservedRayJobs,
+    unobserved,
+)
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.metrics import OperatorMetrics, seen
 from mlplane.operator.modeldeployment import DeletionPending
@@ -152,6 +159,42 @@ def _register_runs_index(registry: kopf.OperatorRegistry, kind: str, index_id: s
         return {None: (work, body.status.get("phase"))}
 
 
+RAYJOBS_INDEX = "rayjobs_by_name"
+
+
+def _register_rayjobs_index(registry: kopf.OperatorRegistry) -> None:
+    """The RayJobs mlplane made, by (namespace, name), as the watch last saw them: the kuberay
+    backend observes runs from here instead of reading each RayJob on every timer tick."""
+
+    @kopf.index(
+        RAY_GROUP,
+        RAY_VERSION,
+        "rayjobs",
+        id=RAYJOBS_INDEX,
+        labels={SUBMISSION_LABEL: kopf.PRESENT},
+        registry=registry,
+    )
+    def rayjobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        meta = body.meta
+        seen = {
+            "metadata": {
+                "name": meta.name,
+                "namespace": meta.namespace,
+                "uid": meta.uid,
+                "labels": dict(meta.labels),
+            },
+            "status": dict(body.status),
+        }
+        return {(meta.namespace, meta.name): seen}
+
+
+def _observed_rayjobs(index: kopf.Index[tuple[str, str], dict[str, Any]]) -> ObservedRayJobs:
+    def observed(namespace: str, name: str) -> dict[str, Any] | None:
+        return next(iter(index.get((namespace, name), ())), None)
+
+    return observed
+
+
 def _kube_client() -> client.ApiClient:
     """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG, as kubectl does. One connection per
     reconcile thread, so none is opened (a TLS handshake) only to be discarded."""
@@ -219,6 +262,9 @@ def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.Ope
             job_models=_registered_model,
             kube=_kube_client(),
             observed_runs=lambda: [entry for index in runs for entry in index.get(None, ())],
+            observed_rayjobs=(
+                _observed_rayjobs(kwargs[RAYJOBS_INDEX]) if RAYJOBS_INDEX in kwargs else unobserved
+            ),
             secrets=_secret_data,
         )
 
@@ -226,5 +272,7 @@ def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.Ope
         _register_kind(registry, config, metrics, kind, reconciler_of, ends)
     for kind, index_id in RUN_KINDS.items():
         _register_runs_index(registry, kind, index_id)
+    if config.backend == "kuberay":  # without KubeRay there are no RayJobs to watch
+        _register_rayjobs_index(registry)
 
     return registry

@@ -23,9 +23,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
-
 from mlplane.crds.modeldeployment import (
     Canary,
     CanaryStatus,
@@ -37,6 +34,7 @@ from mlplane.crds.modeldeployment import (
     Traffic,
 )
 from mlplane.operator.backends.serve import AppState, ServingBackend, same_config
+from mlplane.operator.mlflow_rest import MlflowError, MlflowRest
 from mlplane.operator.status import Event, condition, now, set_condition
 from mlplane.serving.config import ModelRef, app_name, route_prefix, serve_application
 
@@ -96,7 +94,7 @@ class MlflowModelResolver:
     """
 
     def __init__(self, tracking_uri: str) -> None:
-        self.client = MlflowClient(tracking_uri)
+        self.client = MlflowRest(tracking_uri)
 
     def resolve(self, uri: str) -> ModelRef:
         match = _REGISTRY_URI.match(uri)
@@ -105,10 +103,10 @@ class MlflowModelResolver:
         name, alias = match["name"], match["alias"]
         try:
             if alias:
-                version = self.client.get_model_version_by_alias(name, alias).version
+                version = self.client.model_version(name, alias=alias)
             else:
-                version = self.client.get_model_version(name, match["version"]).version
-        except MlflowException as error:
+                version = self.client.model_version(name, version=match["version"])
+        except MlflowError as error:
             if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise ModelNotFound(f"{uri}: {error.message}") from error
             raise

@@ -21,7 +21,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-import mlflow
 import requests
 import yaml
 from rich.console import Console, Group
@@ -282,6 +281,8 @@ class ServingView:
 
 def sample_request(tracking_uri: str, model_uri: str) -> dict[str, Any] | None:
     """`{"instances": [row]}` from the first row of the model's logged input example, if any."""
+    import mlflow.models  # for deployments only: a training run never loads a model here
+
     mlflow.set_tracking_uri(tracking_uri)
     example = mlflow.models.Model.load(model_uri).load_input_example()
     if example is None or not len(example):

@@ -11,7 +11,13 @@ from mlplane.operator import embedded
 from mlplane.operator.admission import Admission, AdmitAll
 from mlplane.operator.backends.aws import SecretReader, no_secrets
 from mlplane.operator.backends.base import TrainingBackend
-from mlplane.operator.backends.kuberay import RAY_POOL_LABEL, KubeRayBackend, placements
+from mlplane.operator.backends.kuberay import (
+    RAY_POOL_LABEL,
+    KubeRayBackend,
+    ObservedRayJobs,
+    placements,
+    unobserved,
+)
 from mlplane.operator.backends.rayservice import RayServiceBackend
 from mlplane.operator.backends.sagemaker import SageMakerEndpoints
 from mlplane.operator.backends.serve import ServeRestBackend, ServingBackend
@@ -45,12 +51,14 @@ class Runtime:
         job_models: JobModels = lambda ns, name: None,
         kube: client.ApiClient | None = None,
         observed_runs: Callable[[], Observed] | None = None,
+        observed_rayjobs: ObservedRayJobs = unobserved,
         secrets: SecretReader = no_secrets,
     ) -> Runtime:
         """Connect to Ray (or KubeRay) and MLflow, starting local ones where none is configured.
 
         With `kube` (the operator), work is admitted by the GPU ledger, rebuilt from
         `observed_runs` before its first decision; without (`mlplane run`), all work starts.
+        `observed_rayjobs` is the operator's watch of RayJobs (kuberay backend).
         `secrets` reads the Secrets SageMaker deployments name for their AWS credentials.
         """
         mlflow_uri = config.mlflow_tracking_uri or embedded.start_local_mlflow(
@@ -68,7 +76,8 @@ class Runtime:
             if kube is None:
                 raise ValueError("the kuberay backend needs a Kubernetes API client")
             placement = placements(config)
-            backend, serving = KubeRayBackend(kube, placement), RayServiceBackend(kube, placement)
+            backend = KubeRayBackend(kube, placement, observed=observed_rayjobs)
+            serving = RayServiceBackend(kube, placement)
         else:
             # Imported here: Ray's client adds 35 MiB to an operator that launches through KubeRay.
             from mlplane.operator.backends.ray import RayJobsBackend

@@ -7,11 +7,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-
-from mlflow import MlflowClient
-from mlflow.entities import Run
+from typing import Any
 
 from mlplane.crds.base import MlflowRef
+from mlplane.operator.mlflow_rest import MlflowRest
 
 
 @dataclass(frozen=True)
@@ -25,9 +24,16 @@ class RunSnapshot:
     params: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, run: Run) -> RunSnapshot:
-        data = run.data
-        return cls(run.info.run_id, run.info.status, data.metrics, data.tags, data.params)
+    def of(cls, run: dict[str, Any]) -> RunSnapshot:
+        """From a run as MLflow's REST API returns it (lists of key/value pairs)."""
+        info, data = run["info"], run.get("data", {})
+        return cls(
+            info["run_id"],
+            info["status"],
+            {m["key"]: float(m["value"]) for m in data.get("metrics", [])},
+            {t["key"]: t["value"] for t in data.get("tags", [])},
+            {p["key"]: p["value"] for p in data.get("params", [])},
+        )
 
 
 CLOCK_SKEW = timedelta(seconds=5)
@@ -43,7 +49,7 @@ class Tracking:
 
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+        self.client = MlflowRest(tracking_uri)
         self.started = datetime.now(UTC)
         self._experiment_ids: dict[str, str] = {}
         self._made: dict[str, MlflowRef] = {}
@@ -70,12 +76,14 @@ class Tracking:
             else []
         )
         if existing:
-            run_id = existing[0].info.run_id
+            run_id = existing[0]["info"]["run_id"]
         else:
-            run = self.client.create_run(
-                experiment_id, run_name=run_name, tags={"mlplane.uid": uid, **tags}
+            run_id = self.client.create_run(
+                experiment_id,
+                run_name=run_name,
+                tags={"mlplane.uid": uid, **tags},
+                start_time_ms=int(time.time() * 1000),
             )
-            run_id = run.info.run_id
         ref = MlflowRef(
             experiment_id=experiment_id, run_id=run_id, url=self.run_url(experiment_id, run_id)
         )
@@ -88,10 +96,7 @@ class Tracking:
 
     def experiment_id(self, name: str) -> str:
         if name not in self._experiment_ids:
-            found = self.client.get_experiment_by_name(name)
-            self._experiment_ids[name] = (
-                found.experiment_id if found else self.client.create_experiment(name)
-            )
+            self._experiment_ids[name] = self.client.experiment_id(name)
         return self._experiment_ids[name]
 
     def _seen_before_start(self, created: str) -> bool:
@@ -111,11 +116,11 @@ class Tracking:
             return {}
         ids = ", ".join(f"'{r.run_id}'" for r in refs)
         runs = self.client.search_runs(
-            sorted({r.experiment_id for r in refs}),  # type: ignore[type-var]
+            sorted({r.experiment_id for r in refs if r.experiment_id}),
             filter_string=f"attributes.run_id IN ({ids})",
             max_results=len(refs),
         )
-        return {run.info.run_id: RunSnapshot.of(run) for run in runs}
+        return {run["info"]["run_id"]: RunSnapshot.of(run) for run in runs}
 
     def children(self, parent: MlflowRef) -> list[RunSnapshot]:
         """The runs nested under `parent` (a sweep's trials), oldest first."""

@@ -24,6 +24,7 @@ sagemaker_package's.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import threading
 from collections import OrderedDict
@@ -32,7 +33,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import mlflow
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mlplane.crds.modeldeployment import (
@@ -186,7 +186,7 @@ class SageMakerEndpoints:
         endpoint_url: str | None = None,
         clients: ClientFactory = boto3_clients,
         clock: Callable[[], datetime] = now,
-        mlflow_version: str = mlflow.__version__,
+        mlflow_version: str = importlib.metadata.version("mlflow"),
     ) -> None:
         """`artifact_bucket` and `endpoint_url` are the operator's defaults for the spec fields;
         without an endpoint URL boto3 finds AWS (or $AWS_ENDPOINT_URL) itself."""

@@ -9,10 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import yaml
 from botocore.exceptions import ClientError
-from mlflow.store.artifact.utils.models import get_model_name_and_version
 
 from mlplane.operator.backends import sagemaker_render as render
 from mlplane.operator.backends.aws import error_code
@@ -63,6 +61,9 @@ class ModelPackager:
         `download_artifacts` is told."""
         if not model_uri.startswith("models:/"):
             return model_uri
+        import mlflow  # only SageMaker deployments pay for MLflow's client in the operator
+        from mlflow.store.artifact.utils.models import get_model_name_and_version
+
         client = mlflow.MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
         found = get_model_name_and_version(client, model_uri)
         if len(found) == 1:  # models:/<logged model id>
@@ -70,6 +71,8 @@ class ModelPackager:
         return client.get_model_version_download_uri(*found)
 
     def _upload(self, s3: Any, bucket: str, key: str, model_uri: str) -> frozenset[str]:
+        import mlflow.artifacts
+
         with tempfile.TemporaryDirectory(prefix="mlplane-sagemaker-") as scratch:
             model_dir = Path(
                 mlflow.artifacts.download_artifacts(

@@ -214,7 +214,11 @@ def test_kuberay_backend_manages_rayjobs_and_rayservices_and_nothing_more(
     docs = render(helm, *(f"--set={v}" for v in values))
     ray = [r for r in find(docs, "ClusterRole")["rules"] if r["apiGroups"] == ["ray.io"]]
     assert ray == [
-        {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["get", "create", "delete"]},
+        {
+            "apiGroups": ["ray.io"],
+            "resources": ["rayjobs"],
+            "verbs": ["get", "list", "watch", "create", "delete"],
+        },
         {
             "apiGroups": ["ray.io"],
             "resources": ["rayservices"],

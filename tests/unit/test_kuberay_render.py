@@ -3,11 +3,15 @@
 import json
 
 import pytest
+from kubernetes import client
+from urllib3.exceptions import HTTPError
 
 from mlplane.crds.trainingjob import ResourceRequest
-from mlplane.operator.backends.base import Launch, Owner
+from mlplane.operator.backends.base import AttemptRef, Launch, Owner
 from mlplane.operator.backends.kuberay import (
     KUEUE_QUEUE_LABEL,
+    SUBMISSION_LABEL,
+    KubeRayBackend,
     Placement,
     job_state,
     placements,
@@ -175,3 +179,27 @@ def test_placements_come_from_the_node_pools() -> None:
     assert placements(config)(None).worker_pool is None
     pinned = OperatorConfig(node_pools=[A100, CPU], head_node_pool="a100")
     assert placements(pinned)("a100").head_pool == A100
+
+
+def test_a_rayjob_the_watch_has_seen_is_observed_without_asking_the_api_server() -> None:
+    """Timers read the operator's own watch; only a RayJob it has not seen costs a GET."""
+    unreachable = client.Configuration(host="http://127.0.0.1:1")
+    unreachable.retries = False
+    seen = {
+        "metadata": {"name": "churn-a2", "namespace": "team-a", "uid": "r1"},
+        "status": {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+    }
+    seen["metadata"]["labels"] = {SUBMISSION_LABEL: "mlplane-u1-2"}
+    watch = {("team-a", "churn-a2"): seen}
+    backend = KubeRayBackend(
+        client.ApiClient(unreachable),
+        lambda pool: Placement("mlplane/runtime:0.1", CPU, A100),
+        observed=lambda namespace, name: watch.get((namespace, name)),
+    )
+    owner = Owner("mlplane.dev/v1alpha1", "TrainingJob", "churn", "team-a", "u1")
+    assert backend.state(AttemptRef("mlplane-u1-2", owner, 2)).status == "RUNNING"
+    # Not seen (another attempt) or a namesake of another submission: asked for, and here the
+    # API server cannot answer.
+    for ref in (AttemptRef("mlplane-u1-3", owner, 3), AttemptRef("mlplane-other-2", owner, 2)):
+        with pytest.raises(HTTPError):
+            backend.state(ref)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from inmemory import InMemoryJobs
+from mlflow import MlflowClient
 
 from mlplane.crds.trainingjob import TrainingJob
 from mlplane.operator.admission import AdmitAll, Decision, Work
@@ -29,7 +30,7 @@ class QueueEverything(AdmitAll):
 
 
 @pytest.fixture
-def parts(tmp_path: Path, tracking: Tracking):
+def parts(tmp_path: Path, tracking: Tracking, writer: MlflowClient):
     backend = InMemoryJobs()
     config = OperatorConfig(data_dir=tmp_path)
     reconciler = TrainingJobReconciler(
@@ -37,7 +38,7 @@ def parts(tmp_path: Path, tracking: Tracking):
     )
     global UID
     UID = str(uuid.uuid4())
-    return reconciler, backend, tracking
+    return reconciler, backend, writer
 
 
 UID = "u-1"
@@ -62,13 +63,13 @@ def step(reconciler: TrainingJobReconciler, job: TrainingJob) -> TrainingJob:
 
 
 def test_launch_creates_the_mlflow_run_and_one_submission(parts) -> None:
-    reconciler, backend, tracking = parts
+    reconciler, backend, writer = parts
     job = step(reconciler, make_job())
     assert job.status.phase == "Starting"
     assert condition(job.status.conditions, "Admitted").status == "True"
     assert job.status.attempts == 1
     assert [s.submission_id for s in backend.submissions] == [submission_id(UID, 1)]
-    run = tracking.client.get_run(job.status.mlflow.run_id)
+    run = writer.get_run(job.status.mlflow.run_id)
     assert run.data.tags["mlplane.uid"] == UID
     assert "--spec-json" in backend.submissions[0].entrypoint
 
@@ -83,26 +84,26 @@ def test_restart_before_status_was_written_submits_nothing_new(parts) -> None:
 
 
 def test_running_then_succeeded_with_metrics_model_and_gates(parts) -> None:
-    reconciler, backend, tracking = parts
+    reconciler, backend, writer = parts
     job = step(reconciler, make_job(gates={"roc_auc": ">= 0.9"}))
     sid, run_id = job.status.ray.submission_id, job.status.mlflow.run_id
     backend.jobs[sid] = "RUNNING"
-    tracking.client.set_tag(run_id, "mlplane.epochs_planned", "10")
-    tracking.client.log_metric(run_id, "epoch", 4)
-    tracking.client.log_metric(run_id, "val_auc", 0.97)
+    writer.set_tag(run_id, "mlplane.epochs_planned", "10")
+    writer.log_metric(run_id, "epoch", 4)
+    writer.log_metric(run_id, "val_auc", 0.97)
     job = step(reconciler, job)
     assert job.status.phase == "Running"
     assert (job.status.progress.epoch, job.status.progress.of) == (4, 10)
     assert job.status.metrics["val_auc"] == pytest.approx(0.97)
 
-    tracking.client.log_metric(run_id, "test_roc_auc", 0.991)
+    writer.log_metric(run_id, "test_roc_auc", 0.991)
     for key, value in {
         "mlplane.gates": "passed",
         "mlplane.model_name": "m",
         "mlplane.model_version": "3",
         "mlplane.model_uri": "models:/m/3",
     }.items():
-        tracking.client.set_tag(run_id, key, value)
+        writer.set_tag(run_id, key, value)
     backend.jobs[sid] = "SUCCEEDED"
     job = step(reconciler, job)
     assert job.status.phase == "Succeeded"
@@ -114,10 +115,10 @@ def test_running_then_succeeded_with_metrics_model_and_gates(parts) -> None:
 
 
 def test_failed_gate_is_success_without_a_model(parts) -> None:
-    reconciler, backend, tracking = parts
+    reconciler, backend, writer = parts
     job = step(reconciler, make_job(gates={"roc_auc": ">= 0.999"}))
     verdict = "failed: roc_auc 0.99 < 0.999"
-    tracking.client.set_tag(job.status.mlflow.run_id, "mlplane.gates", verdict)
+    writer.set_tag(job.status.mlflow.run_id, "mlplane.gates", verdict)
     backend.jobs[job.status.ray.submission_id] = "SUCCEEDED"
     job = step(reconciler, job)
     assert job.status.phase == "Succeeded"
@@ -127,14 +128,14 @@ def test_failed_gate_is_success_without_a_model(parts) -> None:
 
 
 def test_failure_retries_then_fails_with_the_error(parts) -> None:
-    reconciler, backend, tracking = parts
+    reconciler, backend, writer = parts
     job = step(reconciler, make_job(retries=1))
     backend.jobs[submission_id(UID, 1)] = "FAILED"
     job = step(reconciler, job)
     assert job.status.phase == "Starting" and job.status.attempts == 2
     assert backend.submissions[-1].submission_id == submission_id(UID, 2)
 
-    tracking.client.set_tag(job.status.mlflow.run_id, "mlplane.error", "ValueError: bad column")
+    writer.set_tag(job.status.mlflow.run_id, "mlplane.error", "ValueError: bad column")
     backend.jobs[submission_id(UID, 2)] = "FAILED"
     backend.logs = "Traceback (most recent call last):\nValueError: bad column"
     job = step(reconciler, job)
@@ -209,7 +210,7 @@ def test_gpus_without_any_gpu_pool_are_refused(parts) -> None:
 
 
 def test_a_jobs_run_is_made_once_across_retried_steps_and_operator_restarts(
-    tracking: Tracking,
+    tracking: Tracking, writer: MlflowClient
 ) -> None:
     uid, created = str(uuid.uuid4()), datetime.now(UTC).isoformat()
     first = tracking.ensure_run("once", uid, "j", {}, created)
@@ -217,20 +218,18 @@ def test_a_jobs_run_is_made_once_across_retried_steps_and_operator_restarts(
     # The operator stopped before it wrote the status; its successor searches MLflow.
     restarted = Tracking(tracking.tracking_uri)
     assert restarted.ensure_run("once", uid, "j", {}, created) == first
-    runs = tracking.client.search_runs(
-        [first.experiment_id], filter_string=f"tags.`mlplane.uid` = '{uid}'"
-    )
+    runs = writer.search_runs([first.experiment_id], filter_string=f"tags.`mlplane.uid` = '{uid}'")
     assert [r.info.run_id for r in runs] == [first.run_id]
 
 
-def test_one_mlflow_query_serves_many_jobs(tracking: Tracking) -> None:
+def test_one_mlflow_query_serves_many_jobs(tracking: Tracking, writer: MlflowClient) -> None:
     feed = MetricsFeed(tracking, max_age_seconds=0.5)
     refs = [
         tracking.ensure_run("batch", uid=str(uuid.uuid4()), run_name=f"j{i}", tags={})
         for i in range(5)
     ]
     for i, ref in enumerate(refs):
-        tracking.client.log_metric(ref.run_id, "epoch", i)
+        writer.log_metric(ref.run_id, "epoch", i)
     first = [feed.get(ref) for ref in refs]  # the first ask refreshes; the rest join the next
     assert feed.queries == 1 and first[0] is not None
     time.sleep(0.6)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from inmemory import InMemoryJobs
+from mlflow import MlflowClient
 
 from mlplane.crds.tuningsweep import TuningSweep
 from mlplane.operator.admission import AdmitAll
@@ -20,7 +21,7 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "tuningsweep-xgboost.yaml"
 
 
 @pytest.fixture
-def parts(tmp_path: Path, tracking: Tracking):
+def parts(tmp_path: Path, tracking: Tracking, writer: MlflowClient):
     backend = InMemoryJobs()
     reconciler = TuningSweepReconciler(
         OperatorConfig(data_dir=tmp_path),
@@ -29,7 +30,7 @@ def parts(tmp_path: Path, tracking: Tracking):
         MetricsFeed(tracking, max_age_seconds=0),
         AdmitAll(),
     )
-    return reconciler, backend, tracking
+    return reconciler, backend, writer
 
 
 def make_sweep() -> TuningSweep:
@@ -54,10 +55,10 @@ def test_launch_runs_the_tune_command_with_parallel_workers(parts) -> None:
 
 
 def test_trial_counts_best_trial_and_promotion(parts) -> None:
-    reconciler, backend, tracking = parts
+    reconciler, backend, writer = parts
     sweep = step(reconciler, make_sweep())
     run_id = sweep.status.mlflow.run_id
-    log = tracking.client
+    log = writer
     log.set_tag(run_id, "mlplane.trials_planned", "12")
     for state, count in {"completed": 5, "running": 2, "failed": 1, "pruned": 3}.items():
         log.log_metric(run_id, f"trials_{state}", count)
@@ -95,10 +96,10 @@ def test_trial_counts_best_trial_and_promotion(parts) -> None:
 
 
 def test_too_many_failed_trials_fail_without_retry(parts) -> None:
-    reconciler, backend, tracking = parts
+    reconciler, backend, writer = parts
     sweep = step(reconciler, make_sweep())
     error = "TooManyTrialFailures: 3 trials failed (maxFailures 2); last: ValueError: boom"
-    tracking.client.set_tag(sweep.status.mlflow.run_id, "mlplane.error", error)
+    writer.set_tag(sweep.status.mlflow.run_id, "mlplane.error", error)
     backend.jobs[sweep.status.ray.submission_id] = "FAILED"
     sweep = step(reconciler, sweep)
     assert sweep.status.phase == "Failed"

@@ -1,0 +1,36 @@
+"""The operator's MLflow REST calls against a real tracking server."""
+
+import uuid
+
+import pytest
+from mlflow import MlflowClient
+
+from mlplane.operator.mlflow_rest import MlflowError, MlflowRest
+from mlplane.operator.modeldeployment import MlflowModelResolver, ModelNotFound
+
+
+def test_a_uri_that_is_not_a_tracking_server_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ValueError, match="mlflow_tracking_uri must be an MLflow tracking server"):
+        MlflowRest("sqlite:///mlflow.db")
+
+
+def test_experiments_are_found_or_made_and_runs_read_back(mlflow_server: str) -> None:
+    rest = MlflowRest(mlflow_server)
+    name = f"rest-{uuid.uuid4()}"
+    made = rest.experiment_id(name)
+    assert rest.experiment_id(name) == made
+    run_id = rest.create_run(made, "j1", {"mlplane.uid": "u1"}, start_time_ms=1)
+    MlflowClient(mlflow_server).log_metric(run_id, "val_auc", 0.5)
+    (run,) = rest.search_runs([made], f"attributes.run_id = '{run_id}'", max_results=10)
+    assert run["data"]["metrics"][0]["key"] == "val_auc"
+    assert {"key": "mlplane.uid", "value": "u1"} in run["data"]["tags"]
+
+
+def test_server_errors_keep_mlflows_code_and_a_missing_model_is_not_found(
+    mlflow_server: str,
+) -> None:
+    with pytest.raises(MlflowError) as error:
+        MlflowRest(mlflow_server).model_version("no-such-model", alias="champion")
+    assert error.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    with pytest.raises(ModelNotFound, match="models:/no-such-model@champion"):
+        MlflowModelResolver(mlflow_server).resolve("models:/no-such-model@champion")
