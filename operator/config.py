@@ -12,6 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mlplane.operator.cluster import nodepools
 
+RECONCILE_THREADS = 16
+"""Reconcile steps the operator runs at once; each may hold one API server and one MLflow
+connection, so both clients pool this many."""
+
 DEFAULT_RAY_IMAGE = f"ghcr.io/mlplane/mlplane:{importlib.metadata.version('mlplane')}"
 
 

@@ -24,14 +24,13 @@ from mlplane.operator.backends.kuberay import (
     ObservedRayJobs,
     unobserved,
 )
-from mlplane.operator.config import OperatorConfig
+from mlplane.operator.config import RECONCILE_THREADS, OperatorConfig
 from mlplane.operator.metrics import OperatorMetrics, seen
 from mlplane.operator.modeldeployment import DeletionPending
 from mlplane.operator.runtime import Runtime
 from mlplane.operator.status import TERMINAL_PHASES, Event, invalid_spec_status
 
 FINALIZER = f"{GROUP}/finalizer"
-RECONCILE_THREADS = 16
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:

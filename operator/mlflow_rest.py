@@ -16,9 +16,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from mlplane.operator.config import RECONCILE_THREADS
+
 TIMEOUT_SECONDS = 30.0
-POOL_SIZE = 16
-"""As many connections as the operator has reconcile threads."""
 
 
 class MlflowError(RuntimeError):
@@ -41,7 +41,7 @@ def _session() -> requests.Session:
         allowed_methods=None,
         raise_on_status=False,
     )
-    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=POOL_SIZE)
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=RECONCILE_THREADS)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
