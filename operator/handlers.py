@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import aiohttp
 import kopf
 from kubernetes import client
 from kubernetes import config as kubeconfig
@@ -24,7 +25,7 @@ from mlplane.operator.backends.kuberay import (
     ObservedRayJobs,
     unobserved,
 )
-from mlplane.operator.config import RECONCILE_THREADS, OperatorConfig
+from mlplane.operator.config import API_SERVER_CONNECTIONS, RECONCILE_THREADS, OperatorConfig
 from mlplane.operator.metrics import OperatorMetrics, seen
 from mlplane.operator.modeldeployment import DeletionPending
 from mlplane.operator.runtime import Runtime
@@ -206,6 +207,24 @@ def _kube_client() -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def bounded_session(info: kopf.ConnectionInfo) -> kopf.AiohttpSession:
+    """kopf's own session for these credentials, but with at most API_SERVER_CONNECTIONS open."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=API_SERVER_CONNECTIONS, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+        auth=info.as_aiohttp_basic_auth(),
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        priority=info.priority,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+    )
+
+
 def _registered_model(namespace: str, name: str) -> str | None:
     """status.model.uri of a TrainingJob, for ModelDeployments that reference one."""
     try:
@@ -237,8 +256,9 @@ def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.Ope
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_via_client(**kwargs)
+    async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+        info = kopf.login_via_client(**kwargs)
+        return bounded_session(info) if info else None
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
