@@ -9,7 +9,6 @@ gates describe exactly what gets registered.
 from __future__ import annotations
 
 import importlib.metadata
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -18,24 +17,6 @@ import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from sklearn.compose import ColumnTransformer
-
-XGBOOST_MODEL_FILE = "model.ubj"
-TORCH_MODEL_FILE = "model.pt"
-
-
-def load_checkpoint_model(framework: str, directory: Path) -> Any:
-    """The model inside a checkpoint: an xgboost Booster (`model.ubj`) or a torch module
-    (`model.pt`, saved whole with `torch.save(module)`)."""
-    if framework == "xgboost":
-        import xgboost
-
-        booster = xgboost.Booster()
-        booster.load_model(str(directory / XGBOOST_MODEL_FILE))
-        return booster
-    import torch
-
-    module = torch.load(directory / TORCH_MODEL_FILE, weights_only=False, map_location="cpu")
-    return module.eval()
 
 
 class TabularModel(mlflow.pyfunc.PythonModel):

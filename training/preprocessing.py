@@ -16,6 +16,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, LabelEncoder, OneHotEncoder, StandardScaler
 
 from mlplane.training.datasets import Splits, Task
+from mlplane.training.worker import PreparedData
 
 
 def _as_object(frame: pd.DataFrame) -> pd.DataFrame:
@@ -48,24 +49,6 @@ def build_preprocessor(table: pd.DataFrame, features: list[str]) -> ColumnTransf
         sparse_threshold=0.0,
         verbose_feature_names_out=False,
     )
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """What a training function gets: model-ready float32 matrices and encoded labels.
-
-    Labels are class indices 0..k-1 (int64) for classification, float32 values for regression.
-    The test split is not here: it stays with the runner for the final, untouched evaluation.
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    feature_names: list[str]
-    task: Task
-    num_classes: int
-    """Number of classes (0 for regression)."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from ray.train import (
 
 from mlplane.crds.base import ApiModel, Resources, quantity_value
 from mlplane.crds.trainingjob import ResourceRequest, TrainingJobSpec
+from mlplane.training.checkpoints import load_checkpoint_model
 from mlplane.training.datasets import (
     Splits,
     content_hash,
@@ -45,11 +46,12 @@ from mlplane.training.datasets import (
     resolve_task,
     split_table,
 )
+from mlplane.training.epoch_logging import EpochLogger
 from mlplane.training.evaluation import evaluate_gates, held_out_metrics, overfit_gap
-from mlplane.training.packaging import TabularModel, load_checkpoint_model, log_model
-from mlplane.training.preprocessing import Prepared, PreparedData, prepare
-from mlplane.training.tracking import ERROR_TAG, EpochLogger, open_run, params_of
-from mlplane.training.worker import BUILT_IN_LOOPS, planned_epochs, resolve, run_loop
+from mlplane.training.packaging import TabularModel, log_model
+from mlplane.training.preprocessing import Prepared, prepare
+from mlplane.training.tracking import ERROR_TAG, open_run, params_of
+from mlplane.training.worker import BUILT_IN_LOOPS, PreparedData, planned_epochs, resolve, run_loop
 
 MODEL_VERSION_TAG = "mlplane.model_version"
 

@@ -41,7 +41,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mlplane.crds.trainingjob import TrainingJobSpec
 from mlplane.crds.tuningsweep import Dimension, Objective, TuningSweepSpec, trial_spec
-from mlplane.training.preprocessing import PreparedData
+from mlplane.training.epoch_logging import log_epoch, numeric
 from mlplane.training.runner import (
     RunContext,
     TrainingData,
@@ -55,8 +55,8 @@ from mlplane.training.runner import (
     training_params,
     worker_resources,
 )
-from mlplane.training.tracking import ERROR_TAG, experiment_id, log_epoch, numeric, params_of
-from mlplane.training.worker import EPOCH_HYPERPARAMETER, call_loop, planned_epochs
+from mlplane.training.tracking import ERROR_TAG, experiment_id, params_of
+from mlplane.training.worker import EPOCH_HYPERPARAMETER, PreparedData, call_loop, planned_epochs
 
 PRUNED_KEY = "mlplane_pruned"
 """Set on the result at which ASHA stopped a trial; kept in Tune's state, so it survives restore."""

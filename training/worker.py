@@ -16,11 +16,37 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import ray
 
-from mlplane.training.preprocessing import PreparedData
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mlplane.training.datasets import Task
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What a training function gets: model-ready float32 matrices and encoded labels.
+
+    Defined here, with the loops, and not with the preprocessing that makes it: unpickling it on a
+    worker then imports no pandas or scikit-learn.
+
+    Labels are class indices 0..k-1 (int64) for classification, float32 values for regression.
+    The test split is not here: it stays with the runner for the final, untouched evaluation.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    feature_names: list[str]
+    task: Task
+    num_classes: int
+    """Number of classes (0 for regression)."""
+
 
 # What `epochs` means per framework: the hyperparameter that counts them, and its default.
 EPOCH_HYPERPARAMETER = {"xgboost": ("num_boost_round", 100), "torch": ("epochs", 20)}

@@ -14,6 +14,7 @@ from typing import Any
 
 import xgboost
 
+from mlplane.training.checkpoints import XGBOOST_MODEL_FILE, load_checkpoint_model
 from mlplane.training.epochs import (
     EarlyStopping,
     LoopState,
@@ -22,9 +23,7 @@ from mlplane.training.epochs import (
     restore,
     shard,
 )
-from mlplane.training.packaging import XGBOOST_MODEL_FILE, load_checkpoint_model
-from mlplane.training.preprocessing import PreparedData
-from mlplane.training.worker import planned_epochs
+from mlplane.training.worker import PreparedData, planned_epochs
 
 
 def objective(data: PreparedData) -> dict[str, Any]:
