@@ -1,6 +1,7 @@
 """Admission at scale: TrainingJobs applied in a burst, until each is launched or queued.
 
     .venv/bin/python bench/queue_admission.py [--jobs 1000] [--namespaces 10] [--interval 5]
+                                              [--rate JOBS_PER_SECOND]
 
 A local control plane (its own state dir, `~/.cache/mlplane/bench-cluster`, started here unless
 one runs there) with the kwok GPU pools of operator/cluster/nodepools.yaml (a100 3 x 8, t4 2 x 4,
@@ -9,7 +10,9 @@ server; `mlplane operator` with the kuberay backend (so nothing trains: each adm
 a RayJob no controller runs), every namespace limited to 2 a100 and 1 t4 GPUs.
 
 Each namespace gets the same mix: 40 % one-GPU a100 jobs, 20 % one-GPU t4 jobs, 40 % CPU-only
-jobs. The jobs are applied from 8 threads as fast as the API server takes them; a watch records
+jobs. The jobs are applied from 8 threads as fast as the API server takes them (or, with
+`--rate`, at that many per second, to see the latency of a load the machine keeps up with); a
+watch records
 when each first shows phase Starting (launched) or Queued. Latency is from just before its create
 call to that watch event. The operator's CPU and peak RSS come from /proc, as do the CPU seconds
 of the API server, etcd and MLflow over the burst, which say where the time went; then the
@@ -316,8 +319,10 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
             for j in range(args.jobs)
         ]
 
-        def apply(job: tuple[str, str, str]) -> None:
-            namespace, name, pool = job
+        def apply(index: int) -> None:
+            namespace, name, pool = jobs[index]
+            if args.rate:  # job i is due i / rate seconds after the first
+                time.sleep(max(0.0, started + index / args.rate - time.monotonic()))
             decisions.applied[f"{namespace}/{name}"] = time.monotonic()
             objects.create_namespaced_custom_object(
                 GROUP, VERSION, namespace, "trainingjobs", training_job(name, pool, run)
@@ -329,7 +334,7 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
         )
         progress.start()
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(apply, jobs))
+            list(pool.map(apply, range(len(jobs))))
         applied = time.monotonic() - started
         finished = decisions.done.wait(args.timeout)
         burst = time.monotonic() - started
@@ -366,6 +371,7 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
         "jobs": args.jobs,
         "namespaces": args.namespaces,
         "interval_seconds": args.interval,
+        "rate_per_second": args.rate or "burst",
         "all_decided": finished,
         "apply_seconds": round(applied, 1),
         "until_all_decided_seconds": round(last - started, 1),
@@ -389,6 +395,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--namespaces", type=int, default=10)
     parser.add_argument("--interval", type=float, default=5.0, help="observe interval (s)")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="jobs applied per second (0: as fast as possible)"
+    )
     parser.add_argument("--steady", type=float, default=30.0, help="steady-state sample (s)")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--workdir", type=Path, help="keep the operator's and MLflow's logs here")
