@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from mlplane.crds.base import MlflowRef, Queue, RayRef, RunStatus
+from mlplane.crds.base import Queue, RayRef, RunStatus
 from mlplane.crds.trainingjob import ResourceRequest, TrainingJobSpec
 from mlplane.operator.admission import Admission, Decision, Work
 from mlplane.operator.backends.base import AttemptRef, JobState, Launch, Owner, TrainingBackend
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.status import TERMINAL_PHASES, Event, condition, now, set_condition
-from mlplane.operator.tracking import MetricsFeed, RunSnapshot, Tracking
+from mlplane.operator.tracking import MetricsFeed, RunLookup, RunSnapshot, Tracking
 
 S = TypeVar("S", bound=RunStatus)
 
@@ -203,6 +203,11 @@ class RunReconciler(ABC, Generic[S]):
             submission_id(resource.metadata.uid or "", attempt), self.owner(resource), attempt
         )
 
+    def run_lookup(self, resource: Any) -> RunLookup:
+        """How the resource's MLflow run, which its runner makes, is found."""
+        meta = resource.metadata
+        return RunLookup(self.experiment(resource), meta.uid or "", meta.creation_timestamp or "")
+
     def work(self, resource: Any) -> Work:
         pool, gpus = self.gpus(resource)
         return Work(
@@ -286,18 +291,6 @@ class RunReconciler(ABC, Generic[S]):
             decision.message,
             generation,
         )
-        meta = resource.metadata
-        status.mlflow = self.tracking.ensure_run(
-            self.experiment(resource),
-            uid=meta.uid or "",
-            run_name=meta.name,
-            tags={
-                "mlplane.kind": self.kind,
-                "mlplane.namespace": meta.namespace or "",
-                "mlplane.name": meta.name,
-            },
-            created=meta.creation_timestamp or "",
-        )
         status.attempts = max(status.attempts, 1)
         status.start_time = status.start_time or now()
         self._launch(step, resource)
@@ -324,8 +317,10 @@ class RunReconciler(ABC, Generic[S]):
         # A job Ray has not started has written nothing to MLflow yet; leaving it out of the
         # feed keeps the one shared search to the runs that move (a long queue of pending
         # RayJobs would otherwise be read in full every interval).
-        started = state.status != "PENDING" and status.mlflow and status.mlflow.run_id
-        snapshot = self.feed.get(status.mlflow) if started else None
+        started = state.status != "PENDING"
+        if started and not status.mlflow:
+            status.mlflow = self.feed.find(self.run_lookup(resource))
+        snapshot = self.feed.get(status.mlflow) if started and status.mlflow else None
         if snapshot:
             self.mirror(status, snapshot)
         self._account_gpus(status, resource)
@@ -344,7 +339,7 @@ class RunReconciler(ABC, Generic[S]):
         elif state.status == "SUCCEEDED":
             self._finish(step, resource)
         elif state.status in ("FAILED", "STOPPED", "MISSING"):
-            self._attempt_failed(step, resource, state, snapshot)
+            self._attempt_failed(step, resource, state, self._final_snapshot(resource, status))
 
     def _not_started(self, step: Step[S], resource: Any, state: JobState) -> None:
         """A launched attempt not running yet: suspended for Kueue, starting, or stuck (an image
@@ -380,8 +375,7 @@ class RunReconciler(ABC, Generic[S]):
 
     def _finish(self, step: Step[S], resource: Any) -> None:
         status = step.status
-        # The runner wrote its last metrics and tags before exiting: read them once more.
-        final = self._final_snapshot(status.mlflow)
+        final = self._final_snapshot(resource, status)
         if final:
             self.mirror(status, final)
         message = self.succeed(step, resource, final)
@@ -395,7 +389,13 @@ class RunReconciler(ABC, Generic[S]):
         step.phase("Succeeded", "Succeeded", message)
         self._let_go(resource, status)
 
-    def _final_snapshot(self, ref: MlflowRef | None) -> RunSnapshot | None:
+    def _final_snapshot(self, resource: Any, status: S) -> RunSnapshot | None:
+        """The run as the runner left it when the attempt ended (the feed's may be older), found
+        first if the attempt was over before a timer saw it run."""
+        if not status.mlflow:
+            lookup = self.run_lookup(resource)
+            status.mlflow = self.tracking.find_runs([lookup]).get(lookup.uid)
+        ref = status.mlflow
         if not (ref and ref.run_id):
             return None
         return self.tracking.snapshots([ref]).get(ref.run_id)
@@ -446,7 +446,6 @@ class RunReconciler(ABC, Generic[S]):
 
     def _let_go(self, resource: Any, status: S) -> None:
         """Give back the quota and stop watching MLflow for a resource that is done."""
-        self.admission.release(resource.metadata.uid or "")
-        self.tracking.forget(resource.metadata.uid or "")
-        if status.mlflow and status.mlflow.run_id:
-            self.feed.forget(status.mlflow.run_id)
+        uid = resource.metadata.uid or ""
+        self.admission.release(uid)
+        self.feed.forget(uid, status.mlflow.run_id if status.mlflow else None)

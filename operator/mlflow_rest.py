@@ -1,8 +1,8 @@
 """The few MLflow REST calls the operator makes, without MLflow's Python client.
 
-The operator only creates runs, reads them back and pins registry versions; training code (which
-does import MLflow) writes everything else. MLflow's client package would cost the operator about
-130 MiB of memory and 5 s of start-up for those six calls, so they go to the tracking server's
+The operator only reads runs and pins registry versions; training code (which does import MLflow)
+writes. MLflow's client package would cost the operator about 130 MiB of memory and 5 s of
+start-up for those few calls, so they go to the tracking server's
 documented REST API (`/api/2.0/mlflow/...`) over one pooled session, with the same environment
 variables for credentials MLflow's client reads.
 """
@@ -81,33 +81,15 @@ class MlflowRest:
             response.status_code,
         )
 
-    def experiment_id(self, name: str) -> str:
-        """The experiment's id, made if it does not exist yet."""
+    def experiment_id(self, name: str) -> str | None:
+        """The experiment's id, or None if there is none of that name."""
         try:
             found = self.call("GET", "experiments/get-by-name", experiment_name=name)
-            return str(found["experiment"]["experiment_id"])
         except MlflowError as error:
-            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-        try:
-            return str(self.call("POST", "experiments/create", name=name)["experiment_id"])
-        except MlflowError as error:  # made meanwhile by another operator or a runner
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            return self.experiment_id(name)
-
-    def create_run(
-        self, experiment_id: str, run_name: str, tags: dict[str, str], start_time_ms: int
-    ) -> str:
-        created = self.call(
-            "POST",
-            "runs/create",
-            experiment_id=experiment_id,
-            run_name=run_name,
-            start_time=start_time_ms,
-            tags=[{"key": key, "value": value} for key, value in tags.items()],
-        )
-        return str(created["run"]["info"]["run_id"])
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return str(found["experiment"]["experiment_id"])
 
     def search_runs(
         self,

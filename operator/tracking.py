@@ -1,4 +1,4 @@
-"""MLflow as the operator sees it: create the run up front, then read every active run at once."""
+"""MLflow as the operator sees it: find the run each runner made, read all active runs at once."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from mlplane.crds.base import MlflowRef
@@ -36,73 +36,81 @@ class RunSnapshot:
         )
 
 
-CLOCK_SKEW = timedelta(seconds=5)
-"""How far the API server's clock (creationTimestamp) may be ahead of the operator's."""
+UID_TAG = "mlplane.uid"
+"""The tag the runner gives the run it makes for a resource: the resource's UID."""
+
+CLOCK_SKEW = timedelta(minutes=10)
+"""How far the clock of the host a runner starts on may lag the API server's."""
+
+
+@dataclass(frozen=True)
+class RunLookup:
+    """What finds the run the runner makes for a resource: its experiment and UID.
+
+    `created` (the resource's creationTimestamp) bounds the search to runs started since.
+    """
+
+    experiment: str
+    uid: str
+    created: str = ""
+
+    def started_after_ms(self) -> int:
+        if not self.created:
+            return 0
+        return int((datetime.fromisoformat(self.created) - CLOCK_SKEW).timestamp() * 1000)
 
 
 class Tracking:
-    """The operator's MLflow client. Training code writes; the operator only creates and reads.
+    """The operator's MLflow client. Training code writes; the operator only reads.
 
-    Admitting a job costs one MLflow call, creating its run: experiment ids are cached, and the
-    search for a run an earlier operator process made is only done where one can exist.
+    The runner makes a resource's run when its first attempt starts. The operator finds it once
+    the attempt runs, so admitting and launching work never waits on MLflow, and goes on while
+    the tracking server is down.
     """
 
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
         self.client = MlflowRest(tracking_uri)
-        self.started = datetime.now(UTC)
         self._experiment_ids: dict[str, str] = {}
-        self._made: dict[str, MlflowRef] = {}
-        """Runs this process made, by resource UID, until `forget`: a step retried after the
-        run was made (the launch failed, the status patch was lost) finds it here."""
 
-    def ensure_run(
-        self, experiment: str, uid: str, run_name: str, tags: dict[str, str], created: str = ""
-    ) -> MlflowRef:
-        """The run for `uid`, made on first call; the runner finds it by its `mlplane.uid` tag.
-
-        `created` is the resource's creationTimestamp. Only a resource created before this
-        process started can have had a run made by an earlier one (which then stopped before
-        it wrote the status), so only then is MLflow searched: a tag search scans the experiment.
-        """
-        if uid in self._made:
-            return self._made[uid]
-        experiment_id = self.experiment_id(experiment)
-        existing = (
-            self.client.search_runs(
-                [experiment_id], filter_string=f"tags.`mlplane.uid` = '{uid}'", max_results=1
-            )
-            if self._seen_before_start(created)
-            else []
+    def find_runs(self, lookups: Iterable[RunLookup]) -> dict[str, MlflowRef]:
+        """The runs made so far for `lookups`, by resource UID, found with a single search."""
+        lookups = list(lookups)
+        experiment_ids = sorted(
+            {found for lookup in lookups if (found := self.experiment_id(lookup.experiment))}
         )
-        if existing:
-            run_id = existing[0]["info"]["run_id"]
-        else:
-            run_id = self.client.create_run(
-                experiment_id,
-                run_name=run_name,
-                tags={"mlplane.uid": uid, **tags},
-                start_time_ms=int(time.time() * 1000),
-            )
-        ref = MlflowRef(
-            experiment_id=experiment_id, run_id=run_id, url=self.run_url(experiment_id, run_id)
+        if not experiment_ids:
+            return {}
+        wanted = {lookup.uid for lookup in lookups}
+        # MLflow compares a tag with one value only: for several UIDs, read every resource's run
+        # started since the oldest of them was made and keep theirs.
+        uid = f"= '{next(iter(wanted))}'" if len(wanted) == 1 else "LIKE '%'"
+        since = min(lookup.started_after_ms() for lookup in lookups)
+        runs = self.client.search_runs(
+            experiment_ids,
+            filter_string=f"tags.`{UID_TAG}` {uid} and attributes.start_time >= {since}",
+            max_results=100_000,
         )
-        self._made[uid] = ref
-        return ref
+        found = {}
+        for run in runs:
+            uid = next((t["value"] for t in run["data"].get("tags", []) if t["key"] == UID_TAG), "")
+            if uid in wanted:
+                info = run["info"]
+                found[uid] = MlflowRef(
+                    experiment_id=info["experiment_id"],
+                    run_id=info["run_id"],
+                    url=self.run_url(info["experiment_id"], info["run_id"]),
+                )
+        return found
 
-    def forget(self, uid: str) -> None:
-        """The resource is done: its run is in its status for good."""
-        self._made.pop(uid, None)
-
-    def experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str) -> str | None:
+        """The experiment's id, or None while no runner has made it."""
         if name not in self._experiment_ids:
-            self._experiment_ids[name] = self.client.experiment_id(name)
+            found = self.client.experiment_id(name)
+            if found is None:
+                return None
+            self._experiment_ids[name] = found
         return self._experiment_ids[name]
-
-    def _seen_before_start(self, created: str) -> bool:
-        if not created:
-            return True
-        return datetime.fromisoformat(created) < self.started + CLOCK_SKEW
 
     def run_url(self, experiment_id: str, run_id: str) -> str | None:
         if not self.tracking_uri.startswith(("http://", "https://")):
@@ -139,29 +147,52 @@ class MetricsFeed:
     """One MLflow query per interval for all active runs, however many resources ask.
 
     Each resource's timer asks for its own run; the first ask after the data went stale refreshes
-    every watched run in one search, and the others read that result. A run asked for the first
-    time joins the next refresh rather than forcing one, so a burst of new jobs costs one query.
+    every watched run in one search (and looks for every run not found yet in one more), and the
+    others read that result. A run asked for the first time joins the next refresh rather than
+    forcing one, so a burst of new jobs costs one query.
     """
 
     def __init__(self, tracking: Tracking, max_age_seconds: float) -> None:
         self.tracking = tracking
         self.max_age = max_age_seconds
+        self._sought: dict[str, RunLookup] = {}
+        self._found: dict[str, MlflowRef] = {}
         self._watched: dict[str, MlflowRef] = {}
         self._latest: dict[str, RunSnapshot] = {}
         self._fetched_at = 0.0
         self._lock = threading.Lock()
         self.queries = 0
 
+    def find(self, lookup: RunLookup) -> MlflowRef | None:
+        """The resource's run, once its runner has made it."""
+        with self._lock:
+            if lookup.uid not in self._found:
+                self._sought[lookup.uid] = lookup
+            self._refresh_if_stale()
+            return self._found.get(lookup.uid)
+
     def get(self, ref: MlflowRef) -> RunSnapshot | None:
         assert ref.run_id
         with self._lock:
             self._watched[ref.run_id] = ref
-            if time.monotonic() - self._fetched_at >= self.max_age:
-                self._latest = self.tracking.snapshots(self._watched.values())
-                self._fetched_at = time.monotonic()
-                self.queries += 1
+            self._refresh_if_stale()
             return self._latest.get(ref.run_id)
 
-    def forget(self, run_id: str) -> None:
+    def forget(self, uid: str, run_id: str | None) -> None:
+        """The resource is done: its run is in its status for good."""
         with self._lock:
-            self._watched.pop(run_id, None)
+            self._sought.pop(uid, None)
+            found = self._found.pop(uid, None)
+            for ref in (found.run_id if found else None, run_id):
+                self._watched.pop(ref or "", None)
+
+    def _refresh_if_stale(self) -> None:
+        if time.monotonic() - self._fetched_at < self.max_age:
+            return
+        if self._sought:
+            for uid, ref in self.tracking.find_runs(self._sought.values()).items():
+                del self._sought[uid]
+                self._found[uid] = self._watched[ref.run_id or ""] = ref
+        self._latest = self.tracking.snapshots(self._watched.values())
+        self._fetched_at = time.monotonic()
+        self.queries += 1

@@ -1,9 +1,14 @@
 """Fixtures the reconciler unit tests share."""
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from mlflow import MlflowClient
 
+from mlplane.operator.lifecycle import RunReconciler
 from mlplane.operator.tracking import Tracking
+from mlplane.training.tracking import UID_TAG, experiment_id
 
 
 @pytest.fixture(scope="module")
@@ -16,3 +21,17 @@ def tracking(mlflow_server: str) -> Tracking:
 def writer(mlflow_server: str) -> MlflowClient:
     """The training side's client, to write what a runner would."""
     return MlflowClient(mlflow_server)
+
+
+@pytest.fixture(scope="module")
+def runner_opens(writer: MlflowClient) -> Callable[[RunReconciler, Any], str]:
+    """What a runner does as its first attempt starts: make the resource's run (returns its id)."""
+
+    def opens(reconciler: RunReconciler, resource: Any) -> str:
+        lookup = reconciler.run_lookup(resource)
+        experiment = experiment_id(writer, lookup.experiment)
+        name = resource.metadata.name
+        run = writer.create_run(experiment, run_name=name, tags={UID_TAG: lookup.uid})
+        return run.info.run_id
+
+    return opens

@@ -14,13 +14,14 @@ def test_a_uri_that_is_not_a_tracking_server_is_refused_naming_the_setting() -> 
         MlflowRest("sqlite:///mlflow.db")
 
 
-def test_experiments_are_found_or_made_and_runs_read_back(mlflow_server: str) -> None:
-    rest = MlflowRest(mlflow_server)
+def test_experiments_are_found_by_name_and_runs_read_back(mlflow_server: str) -> None:
+    rest, writer = MlflowRest(mlflow_server), MlflowClient(mlflow_server)
     name = f"rest-{uuid.uuid4()}"
-    made = rest.experiment_id(name)
+    assert rest.experiment_id(name) is None
+    made = writer.create_experiment(name)
     assert rest.experiment_id(name) == made
-    run_id = rest.create_run(made, "j1", {"mlplane.uid": "u1"}, start_time_ms=1)
-    MlflowClient(mlflow_server).log_metric(run_id, "val_auc", 0.5)
+    run_id = writer.create_run(made, run_name="j1", tags={"mlplane.uid": "u1"}).info.run_id
+    writer.log_metric(run_id, "val_auc", 0.5)
     (run,) = rest.search_runs([made], f"attributes.run_id = '{run_id}'", max_results=10)
     assert run["data"]["metrics"][0]["key"] == "val_auc"
     assert {"key": "mlplane.uid", "value": "u1"} in run["data"]["tags"]

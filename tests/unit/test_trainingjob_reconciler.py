@@ -7,7 +7,7 @@ on a SQLite file. The same reconciler runs against real Ray in tests/e2e.
 
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from mlplane.operator.admission import AdmitAll, Decision, Work
 from mlplane.operator.config import NodePool, OperatorConfig
 from mlplane.operator.lifecycle import submission_id
 from mlplane.operator.status import condition
-from mlplane.operator.tracking import MetricsFeed, Tracking
+from mlplane.operator.tracking import MetricsFeed, RunLookup, Tracking
 from mlplane.operator.trainingjob import TrainingJobReconciler
 
 
@@ -30,7 +30,7 @@ class QueueEverything(AdmitAll):
 
 
 @pytest.fixture
-def parts(tmp_path: Path, tracking: Tracking, writer: MlflowClient):
+def parts(tmp_path: Path, tracking: Tracking, writer: MlflowClient, runner_opens):
     backend = InMemoryJobs()
     config = OperatorConfig(data_dir=tmp_path)
     reconciler = TrainingJobReconciler(
@@ -38,7 +38,7 @@ def parts(tmp_path: Path, tracking: Tracking, writer: MlflowClient):
     )
     global UID
     UID = str(uuid.uuid4())
-    return reconciler, backend, writer
+    return reconciler, backend, lambda job: runner_opens(reconciler, job)
 
 
 UID = "u-1"
@@ -62,16 +62,21 @@ def step(reconciler: TrainingJobReconciler, job: TrainingJob) -> TrainingJob:
     return job
 
 
-def test_launch_creates_the_mlflow_run_and_one_submission(parts) -> None:
-    reconciler, backend, writer = parts
+def test_launch_submits_once_and_the_run_the_runner_makes_is_found(parts) -> None:
+    reconciler, backend, runner_opens = parts
     job = step(reconciler, make_job())
     assert job.status.phase == "Starting"
     assert condition(job.status.conditions, "Admitted").status == "True"
     assert job.status.attempts == 1
     assert [s.submission_id for s in backend.submissions] == [submission_id(UID, 1)]
-    run = writer.get_run(job.status.mlflow.run_id)
-    assert run.data.tags["mlplane.uid"] == UID
     assert "--spec-json" in backend.submissions[0].entrypoint
+    assert job.status.mlflow is None  # the runner makes the run as the attempt starts
+
+    backend.jobs[job.status.ray.submission_id] = "RUNNING"
+    run_id = runner_opens(job)
+    job = step(reconciler, job)
+    assert job.status.mlflow.run_id == run_id
+    assert job.status.mlflow.url.endswith(f"/runs/{run_id}")
 
 
 def test_restart_before_status_was_written_submits_nothing_new(parts) -> None:
@@ -83,10 +88,10 @@ def test_restart_before_status_was_written_submits_nothing_new(parts) -> None:
     assert again.status.ray.submission_id == submission_id(UID, 1)
 
 
-def test_running_then_succeeded_with_metrics_model_and_gates(parts) -> None:
-    reconciler, backend, writer = parts
+def test_running_then_succeeded_with_metrics_model_and_gates(parts, writer) -> None:
+    reconciler, backend, runner_opens = parts
     job = step(reconciler, make_job(gates={"roc_auc": ">= 0.9"}))
-    sid, run_id = job.status.ray.submission_id, job.status.mlflow.run_id
+    sid, run_id = job.status.ray.submission_id, runner_opens(job)
     backend.jobs[sid] = "RUNNING"
     writer.set_tag(run_id, "mlplane.epochs_planned", "10")
     writer.log_metric(run_id, "epoch", 4)
@@ -114,11 +119,12 @@ def test_running_then_succeeded_with_metrics_model_and_gates(parts) -> None:
     assert job.status.completion_time is not None
 
 
-def test_failed_gate_is_success_without_a_model(parts) -> None:
-    reconciler, backend, writer = parts
+def test_failed_gate_is_success_without_a_model(parts, writer) -> None:
+    reconciler, backend, runner_opens = parts
     job = step(reconciler, make_job(gates={"roc_auc": ">= 0.999"}))
     verdict = "failed: roc_auc 0.99 < 0.999"
-    writer.set_tag(job.status.mlflow.run_id, "mlplane.gates", verdict)
+    writer.set_tag(runner_opens(job), "mlplane.gates", verdict)
+    # Over before any timer saw it run: the run is found as it finishes.
     backend.jobs[job.status.ray.submission_id] = "SUCCEEDED"
     job = step(reconciler, job)
     assert job.status.phase == "Succeeded"
@@ -127,15 +133,15 @@ def test_failed_gate_is_success_without_a_model(parts) -> None:
     assert job.status.model is None
 
 
-def test_failure_retries_then_fails_with_the_error(parts) -> None:
-    reconciler, backend, writer = parts
+def test_failure_retries_then_fails_with_the_error(parts, writer) -> None:
+    reconciler, backend, runner_opens = parts
     job = step(reconciler, make_job(retries=1))
-    backend.jobs[submission_id(UID, 1)] = "FAILED"
+    backend.jobs[submission_id(UID, 1)] = "FAILED"  # before the runner made the run
     job = step(reconciler, job)
     assert job.status.phase == "Starting" and job.status.attempts == 2
     assert backend.submissions[-1].submission_id == submission_id(UID, 2)
 
-    writer.set_tag(job.status.mlflow.run_id, "mlplane.error", "ValueError: bad column")
+    writer.set_tag(runner_opens(job), "mlplane.error", "ValueError: bad column")
     backend.jobs[submission_id(UID, 2)] = "FAILED"
     backend.logs = "Traceback (most recent call last):\nValueError: bad column"
     job = step(reconciler, job)
@@ -209,30 +215,51 @@ def test_gpus_without_any_gpu_pool_are_refused(parts) -> None:
     assert "spec.resources.perWorker.gpu" in condition(job.status.conditions, "Failed").message
 
 
-def test_a_jobs_run_is_made_once_across_retried_steps_and_operator_restarts(
+def test_runs_are_found_by_uid_among_the_experiments_runs(
     tracking: Tracking, writer: MlflowClient
 ) -> None:
-    uid, created = str(uuid.uuid4()), datetime.now(UTC).isoformat()
-    first = tracking.ensure_run("once", uid, "j", {}, created)
-    assert tracking.ensure_run("once", uid, "j", {}, created) == first  # the launch failed
-    # The operator stopped before it wrote the status; its successor searches MLflow.
-    restarted = Tracking(tracking.tracking_uri)
-    assert restarted.ensure_run("once", uid, "j", {}, created) == first
-    runs = writer.search_runs([first.experiment_id], filter_string=f"tags.`mlplane.uid` = '{uid}'")
-    assert [r.info.run_id for r in runs] == [first.run_id]
+    experiment = f"find-{uuid.uuid4()}"
+    lookups = [RunLookup(experiment, str(uuid.uuid4())) for _ in range(3)]
+    assert tracking.find_runs(lookups) == {}  # no runner has started: no experiment yet
+    experiment_id = writer.create_experiment(experiment)
+    # Two resources of one name (made, deleted, made again) have runs, the third has not started;
+    # a sweep's trial run has no UID.
+    writer.create_run(experiment_id, run_name="nightly-0")
+    made = {
+        lookup.uid: writer.create_run(
+            experiment_id, run_name="nightly", tags={"mlplane.uid": lookup.uid}
+        ).info.run_id
+        for lookup in lookups[:2]
+    }
+    found = tracking.find_runs(lookups)
+    assert {uid: ref.run_id for uid, ref in found.items()} == made
+
+
+def test_runs_started_before_the_resource_was_made_are_not_searched(
+    tracking: Tracking, writer: MlflowClient
+) -> None:
+    experiment = f"since-{uuid.uuid4()}"
+    uid = str(uuid.uuid4())
+    writer.create_run(writer.create_experiment(experiment), run_name="j", tags={"mlplane.uid": uid})
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert tracking.find_runs([RunLookup(experiment, uid, later)]) == {}
+    assert uid in tracking.find_runs([RunLookup(experiment, uid)])
 
 
 def test_one_mlflow_query_serves_many_jobs(tracking: Tracking, writer: MlflowClient) -> None:
     feed = MetricsFeed(tracking, max_age_seconds=0.5)
-    refs = [
-        tracking.ensure_run("batch", uid=str(uuid.uuid4()), run_name=f"j{i}", tags={})
-        for i in range(5)
-    ]
-    for i, ref in enumerate(refs):
-        writer.log_metric(ref.run_id, "epoch", i)
-    first = [feed.get(ref) for ref in refs]  # the first ask refreshes; the rest join the next
-    assert feed.queries == 1 and first[0] is not None
+    experiment_id = writer.create_experiment(f"batch-{uuid.uuid4()}")
+    experiment = writer.get_experiment(experiment_id).name
+    lookups = [RunLookup(experiment, str(uuid.uuid4())) for _ in range(5)]
+    for i, lookup in enumerate(lookups):
+        tags = {"mlplane.uid": lookup.uid}
+        run = writer.create_run(experiment_id, run_name=f"j{i}", tags=tags)
+        writer.log_metric(run.info.run_id, "epoch", i)
+    # The first ask refreshes; the rest join the next refresh, which finds them all at once.
+    first = [feed.find(lookup) for lookup in lookups]
+    assert feed.queries == 1 and first[0] is not None and first[1:] == [None] * 4
     time.sleep(0.6)
+    refs = [feed.find(lookup) for lookup in lookups]
     second = [feed.get(ref) for ref in refs]
     assert feed.queries == 2
     assert [s.metrics["epoch"] for s in second] == [0, 1, 2, 3, 4]

@@ -54,10 +54,10 @@ def test_launch_runs_the_tune_command_with_parallel_workers(parts) -> None:
     assert reconciler.gpus(sweep) == ("default", 0)
 
 
-def test_trial_counts_best_trial_and_promotion(parts) -> None:
+def test_trial_counts_best_trial_and_promotion(parts, runner_opens) -> None:
     reconciler, backend, writer = parts
     sweep = step(reconciler, make_sweep())
-    run_id = sweep.status.mlflow.run_id
+    run_id = runner_opens(reconciler, sweep)
     log = writer
     log.set_tag(run_id, "mlplane.trials_planned", "12")
     for state, count in {"completed": 5, "running": 2, "failed": 1, "pruned": 3}.items():
@@ -95,11 +95,11 @@ def test_trial_counts_best_trial_and_promotion(parts) -> None:
     )
 
 
-def test_too_many_failed_trials_fail_without_retry(parts) -> None:
+def test_too_many_failed_trials_fail_without_retry(parts, runner_opens) -> None:
     reconciler, backend, writer = parts
     sweep = step(reconciler, make_sweep())
     error = "TooManyTrialFailures: 3 trials failed (maxFailures 2); last: ValueError: boom"
-    writer.set_tag(sweep.status.mlflow.run_id, "mlplane.error", error)
+    writer.set_tag(runner_opens(reconciler, sweep), "mlplane.error", error)
     backend.jobs[sweep.status.ray.submission_id] = "FAILED"
     sweep = step(reconciler, sweep)
     assert sweep.status.phase == "Failed"
