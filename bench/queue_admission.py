@@ -12,16 +12,17 @@ a RayJob no controller runs), every namespace limited to 2 a100 and 1 t4 GPUs.
 Each namespace gets the same mix: 40 % one-GPU a100 jobs, 20 % one-GPU t4 jobs, 40 % CPU-only
 jobs. The jobs are applied from 8 threads as fast as the API server takes them (or, with
 `--rate`, at that many per second, to see the latency of a load the machine keeps up with); a
-watch records
-when each first shows phase Starting (launched) or Queued. Latency is from just before its create
-call to that watch event. The operator's CPU and peak RSS come from /proc, as do the CPU seconds
-of the API server, etcd and MLflow over the burst, which say where the time went; then the
-steady state (every job's timer re-checking the queue) is sampled for `--steady` seconds.
+watch records when each first shows phase Starting (launched) or Queued. Latency is from just
+before its create call to that watch event. The operator's CPU, peak RSS and open sockets come
+from /proc, as do the CPU seconds of the API server, etcd and MLflow over the burst, which say
+where the time went; then the steady state (every job's timer re-checking the queue) is sampled
+for `--steady` seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -198,14 +199,29 @@ def summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
-def report_progress(decisions: Decisions, pid: int, started: float) -> None:
-    """Every 10 s on stderr: how many jobs are decided, and the operator's memory."""
-    while not decisions.done.wait(10):
+def open_sockets(pid: int) -> int:
+    """Sockets a process holds (the operator's API server, MLflow and metrics connections)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed while we looked
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def report_progress(decisions: Decisions, pid: int, started: float, sockets: list[int]) -> None:
+    """Every second, the operator's open sockets into `sockets`; every 10 s on stderr, how many
+    jobs are decided and the operator's memory."""
+    ticks = 0
+    while not decisions.done.wait(1):
+        sockets.append(open_sockets(pid))
+        ticks += 1
+        if ticks % 10:
+            continue
         phases = [phase for _, phase in list(decisions.decided.values())]
         print(
             f"[{time.monotonic() - started:5.0f}s] applied {len(decisions.applied)}, "
             f"launched {phases.count('Starting')}, queued {phases.count('Queued')}; "
-            f"operator RSS {memory_kib(pid, 'VmRSS') // 1024} MiB",
+            f"operator RSS {memory_kib(pid, 'VmRSS') // 1024} MiB, {sockets[-1]} sockets",
             file=sys.stderr,
             flush=True,
         )
@@ -329,8 +345,9 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
             )
 
         started = time.monotonic()
+        sockets: list[int] = []
         progress = threading.Thread(
-            target=report_progress, args=(decisions, operator.pid, started), daemon=True
+            target=report_progress, args=(decisions, operator.pid, started, sockets), daemon=True
         )
         progress.start()
         with ThreadPoolExecutor(8) as pool:
@@ -384,6 +401,7 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
         "operator_peak_rss_mib_burst": round(peak_burst_kib / 1024),
         "operator_peak_rss_mib": round(peak_kib / 1024),
         "operator_rss_mib_end": round(rss_kib / 1024),
+        "operator_peak_sockets": max(sockets, default=0),
         "reconcile_steps_during_burst": reconciles,
         "steady_seconds": args.steady,
         "steady_operator_cpu_percent": round(100 * steady_cpu / args.steady, 1),

@@ -16,12 +16,14 @@ RECONCILE_THREADS = 16
 """Reconcile steps the operator runs at once; each may hold one API server and one MLflow
 connection, so both clients pool this many."""
 
-API_SERVER_CONNECTIONS = 256
-"""Connections kopf may hold open to the API server at once: every watch stream (one per watched
-resource kind and namespace, so 4 per namespace of a `--namespace` pattern) plus the requests in
-flight. kopf's own default is no limit, and a burst of a thousand new resources then opens about
-as many TLS connections, each holding a third of a MiB in the operator and a handshake's CPU in
-both processes; beyond the limit, requests wait for a free connection instead."""
+API_SERVER_REQUESTS = 64
+"""Requests kopf may have in flight to the API server at once (status patches, finalizers,
+Events), each on a connection of its own. kopf's default is no limit, and a burst of a thousand
+new resources then opens about as many TLS connections, each holding a third of a MiB in the
+operator and a handshake's CPU in both processes; beyond the limit, a request waits for one in
+flight to finish and reuses its connection. Watch streams are not counted: there is one per
+watched kind and namespace for as long as the operator runs, however many namespaces a
+`--namespace` pattern comes to match."""
 
 DEFAULT_RAY_IMAGE = f"ghcr.io/mlplane/mlplane:{importlib.metadata.version('mlplane')}"
 

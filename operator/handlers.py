@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Callable, Mapping
@@ -25,7 +26,7 @@ from mlplane.operator.backends.kuberay import (
     ObservedRayJobs,
     unobserved,
 )
-from mlplane.operator.config import API_SERVER_CONNECTIONS, RECONCILE_THREADS, OperatorConfig
+from mlplane.operator.config import API_SERVER_REQUESTS, RECONCILE_THREADS, OperatorConfig
 from mlplane.operator.metrics import OperatorMetrics, seen
 from mlplane.operator.modeldeployment import DeletionPending
 from mlplane.operator.runtime import Runtime
@@ -208,11 +209,24 @@ def _kube_client() -> client.ApiClient:
 
 
 def bounded_session(info: kopf.ConnectionInfo) -> kopf.AiohttpSession:
-    """kopf's own session for these credentials, but with at most API_SERVER_CONNECTIONS open."""
+    """kopf's own session for these credentials, but with at most API_SERVER_REQUESTS requests
+    in flight besides the watch streams."""
+    in_flight = asyncio.Semaphore(API_SERVER_REQUESTS)
+
+    async def bounded(
+        request: aiohttp.ClientRequest, send: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        if request.url.query.get("watch") == "true":
+            return await send(request)  # holds its connection for as long as it watches
+        async with in_flight:
+            response = await send(request)
+            await response.read()  # with the body read, the connection is free for the next
+            return response
+
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=API_SERVER_CONNECTIONS, ssl=info.as_ssl_context()),
+        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+        middlewares=(bounded,),
         headers=info.as_http_headers(),
-        auth=info.as_aiohttp_basic_auth(),
         proxy=info.proxy_url,
         trust_env=info.trust_env,
     )
