@@ -41,7 +41,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mlplane.crds.trainingjob import TrainingJobSpec
 from mlplane.crds.tuningsweep import Dimension, Objective, TuningSweepSpec, trial_spec
-from mlplane.training.epoch_logging import log_epoch, numeric
+from mlplane.training.epoch_logging import numeric
 from mlplane.training.runner import (
     RunContext,
     TrainingData,
@@ -320,7 +320,9 @@ class SweepTracker(tune.Callback, tune.Stopper):
             result[PRUNED_KEY] = True  # stopped by the scheduler before its last epoch
         run_id = self._child(trial, trials.index(trial))
         if trial.trial_id not in self._finished:
-            log_epoch(self.tracking_uri, run_id, metrics, epoch)
+            now = int(time.time() * 1000)
+            batch = [Metric(key, value, now, epoch) for key, value in sorted(metrics.items())]
+            self.client.log_batch(run_id, metrics=batch)
         self._publish(trials)
 
     def on_trial_complete(
