@@ -75,12 +75,12 @@ def test_watch_streams_do_not_take_a_request_slot() -> None:
         return web.json_response({"kind": "Status"})
 
     async def watch_then_patch(session: aiohttp.ClientSession, server: str) -> dict[str, Any]:
-        watches = [
-            await session.get(f"{server}/watched/{i}", params={"watch": "true"})
-            for i in range(API_SERVER_REQUESTS + 4)
-        ]
+        watches: list[aiohttp.ClientResponse] = []
         try:
             async with asyncio.timeout(10):
+                for i in range(API_SERVER_REQUESTS + 4):
+                    url = f"{server}/watched/{i}"
+                    watches.append(await session.get(url, params={"watch": "true"}))
                 async with session.get(f"{server}/objects/x") as response:
                     return await response.json()
         finally:
