@@ -160,6 +160,11 @@ class Queue(ApiModel):
     """The Kueue LocalQueue, when Kueue admits the work."""
 
 
+RUN_UID_TAG = "mlplane.uid"
+"""The MLflow tag holding the UID of the resource a run is for: the runner sets it on the run it
+makes, and the operator finds the run by it."""
+
+
 class MlflowRef(ApiModel):
     """Where the run lives in MLflow."""
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from mlplane.crds.base import MlflowRef
+from mlplane.crds.base import RUN_UID_TAG, MlflowRef
 from mlplane.operator.mlflow_rest import MlflowRest
 
 
@@ -35,9 +35,6 @@ class RunSnapshot:
             {p["key"]: p["value"] for p in data.get("params", [])},
         )
 
-
-UID_TAG = "mlplane.uid"
-"""The tag the runner gives the run it makes for a resource: the resource's UID."""
 
 CLOCK_SKEW = timedelta(minutes=10)
 """How far the clock of the host a runner starts on may lag the API server's."""
@@ -84,16 +81,17 @@ class Tracking:
         wanted = {lookup.uid for lookup in lookups}
         # MLflow compares a tag with one value only: for several UIDs, read every resource's run
         # started since the oldest of them was made and keep theirs.
-        uid = f"= '{next(iter(wanted))}'" if len(wanted) == 1 else "LIKE '%'"
+        uid_filter = f"= '{next(iter(wanted))}'" if len(wanted) == 1 else "LIKE '%'"
         since = min(lookup.started_after_ms() for lookup in lookups)
         runs = self.client.search_runs(
             experiment_ids,
-            filter_string=f"tags.`{UID_TAG}` {uid} and attributes.start_time >= {since}",
+            filter_string=f"tags.`{RUN_UID_TAG}` {uid_filter} and attributes.start_time >= {since}",
             max_results=100_000,
         )
         found = {}
         for run in runs:
-            uid = next((t["value"] for t in run["data"].get("tags", []) if t["key"] == UID_TAG), "")
+            tags = {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
+            uid = tags.get(RUN_UID_TAG, "")
             if uid in wanted:
                 info = run["info"]
                 found[uid] = MlflowRef(

@@ -35,7 +35,7 @@ from ray.train import (
     WorkerGroupError,
 )
 
-from mlplane.crds.base import ApiModel, Resources, quantity_value
+from mlplane.crds.base import RUN_UID_TAG, ApiModel, Resources, quantity_value
 from mlplane.crds.trainingjob import ResourceRequest, TrainingJobSpec
 from mlplane.training.checkpoints import load_checkpoint_model
 from mlplane.training.datasets import (
@@ -309,7 +309,7 @@ def lineage_tags(
         version = "unknown"
     return {
         **training.tracking.tags,
-        "mlplane.uid": context.uid,
+        RUN_UID_TAG: context.uid,
         "mlplane.kind": kind,
         "mlplane.namespace": context.namespace,
         "mlplane.name": context.name,

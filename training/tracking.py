@@ -1,7 +1,7 @@
 """MLflow bookkeeping: one run per TrainingJob across attempts and its tags.
 
-The operator may create the run before the first attempt starts (to show its link at once); the
-runner finds it by the `mlplane.uid` tag, or creates it, and every attempt resumes the same run,
+The runner makes the run when the first attempt starts, tagged with the resource's UID (by which
+the operator finds it); every later attempt finds it by that tag and resumes the same run,
 so the metric history of a retried job continues where the failed attempt left off.
 """
 
@@ -13,7 +13,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-UID_TAG = "mlplane.uid"
+from mlplane.crds.base import RUN_UID_TAG
+
 ERROR_TAG = "mlplane.error"
 
 
@@ -35,14 +36,14 @@ def open_run(client: MlflowClient, experiment: str, uid: str, name: str) -> str:
     """Start (or resume) the job's single run as the active MLflow run; return its ID."""
     experiment_ = experiment_id(client, experiment)
     existing = client.search_runs(
-        [experiment_], filter_string=f"tags.`{UID_TAG}` = '{uid}'", max_results=1
+        [experiment_], filter_string=f"tags.`{RUN_UID_TAG}` = '{uid}'", max_results=1
     )
     if existing:
         run_id = existing[0].info.run_id
         if ERROR_TAG in existing[0].data.tags:  # the failed attempt's; this one starts clean
             client.delete_tag(run_id, ERROR_TAG)
     else:
-        run_id = client.create_run(experiment_, run_name=name, tags={UID_TAG: uid}).info.run_id
+        run_id = client.create_run(experiment_, run_name=name, tags={RUN_UID_TAG: uid}).info.run_id
     mlflow.start_run(run_id=run_id)
     return run_id
 

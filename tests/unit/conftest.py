@@ -6,9 +6,10 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
+from mlplane.crds.base import RUN_UID_TAG
 from mlplane.operator.lifecycle import RunReconciler
 from mlplane.operator.tracking import Tracking
-from mlplane.training.tracking import UID_TAG, experiment_id
+from mlplane.training.tracking import experiment_id
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def runner_opens(writer: MlflowClient) -> Callable[[RunReconciler, Any], str]:
         lookup = reconciler.run_lookup(resource)
         experiment = experiment_id(writer, lookup.experiment)
         name = resource.metadata.name
-        run = writer.create_run(experiment, run_name=name, tags={UID_TAG: lookup.uid})
+        run = writer.create_run(experiment, run_name=name, tags={RUN_UID_TAG: lookup.uid})
         return run.info.run_id
 
     return opens
