@@ -43,6 +43,7 @@ import yaml
 from kubernetes import client, watch
 from kubernetes import config as kubeconfig
 from kubernetes.client.exceptions import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 from urllib3.exceptions import HTTPError
 
 from mlplane.crds import KINDS
@@ -248,6 +249,25 @@ def reconcile_totals(metrics_url: str) -> dict[str, float]:
     return totals
 
 
+def api_requests(api: client.ApiClient) -> dict[str, float]:
+    """The API server's count of requests served so far by verb and resource (watches
+    excluded: a stream is one request however long it lasts)."""
+    response = api.call_api("GET", f"{api.configuration.host}/metrics")
+    response.read()
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.data.decode()):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name != "apiserver_request_total" or labels["verb"] == "WATCH":
+                continue
+            resource = "/".join(filter(None, (labels["resource"], labels["subresource"])))
+            key = f"{labels['verb']} {resource}"
+            counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
 def start_operator(
     workdir: Path, kubeconfig_path: Path, config: dict[str, Any], run: str
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -344,6 +364,7 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
                 GROUP, VERSION, namespace, "trainingjobs", training_job(name, pool, run)
             )
 
+        requests_before = api_requests(api)
         started = time.monotonic()
         sockets: list[int] = []
         progress = threading.Thread(
@@ -358,6 +379,7 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
         burst_cpu = meter.read()
         peak_burst_kib = memory_kib(operator.pid, "VmHWM")
         reconciles = reconcile_totals(metrics_url)
+        requests_after = api_requests(api)
 
         steady = CpuMeter({"operator": [operator.pid]})
         time.sleep(args.steady)
@@ -403,6 +425,11 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
         "operator_rss_mib_end": round(rss_kib / 1024),
         "operator_peak_sockets": max(sockets, default=0),
         "reconcile_steps_during_burst": reconciles,
+        "api_requests_per_job_during_burst": {
+            key: round((count - requests_before.get(key, 0.0)) / args.jobs, 2)
+            for key, count in sorted(requests_after.items())
+            if count - requests_before.get(key, 0.0) >= args.jobs / 100
+        },
         "steady_seconds": args.steady,
         "steady_operator_cpu_percent": round(100 * steady_cpu / args.steady, 1),
     }

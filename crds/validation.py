@@ -35,26 +35,30 @@ def field_path(loc: Iterable[int | str]) -> str:
     return path
 
 
-def validate_object(doc: Any, source: str = "<input>") -> list[Problem]:
-    """Every problem with one manifest; an empty list means the API server should accept it."""
+def parse_object(doc: Any, source: str = "<input>") -> tuple[Any, list[Problem]]:
+    """The resource model of one manifest, or None and every problem with it."""
     if not isinstance(doc, dict):
-        return [Problem(source, "?", "(document)", "is not a mapping")]
+        return None, [Problem(source, "?", "(document)", "is not a mapping")]
     kind = doc.get("kind")
     name = (doc.get("metadata") or {}).get("name", "?")
     label = f"{kind or '?'}/{name}"
     if doc.get("apiVersion") != API_VERSION:
-        return [Problem(source, label, "apiVersion", f"must be {API_VERSION}")]
+        return None, [Problem(source, label, "apiVersion", f"must be {API_VERSION}")]
     if kind not in KINDS:
         known = ", ".join(KINDS)
-        return [Problem(source, label, "kind", f"unknown kind {kind!r}; known: {known}")]
+        return None, [Problem(source, label, "kind", f"unknown kind {kind!r}; known: {known}")]
     try:
-        KINDS[kind].resource.model_validate(doc)
+        return KINDS[kind].resource.model_validate(doc), []
     except ValidationError as error:
-        return [
+        return None, [
             Problem(source, label, field_path(e["loc"]), e["msg"].removeprefix("Value error, "))
             for e in error.errors()
         ]
-    return []
+
+
+def validate_object(doc: Any, source: str = "<input>") -> list[Problem]:
+    """Every problem with one manifest; an empty list means the API server should accept it."""
+    return parse_object(doc, source)[1]
 
 
 def manifest_files(paths: Iterable[Path]) -> Iterator[Path]:

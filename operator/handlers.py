@@ -1,4 +1,10 @@
-"""kopf handlers: thin wiring from watch events and timers to the reconcilers."""
+"""kopf handlers: thin wiring from watch events and timers to the reconcilers.
+
+The timers and deletion handlers wait on the API server, Ray and MLflow, so they are sync and
+kopf runs them on its RECONCILE_THREADS. The handlers that only read the body (the metrics watch,
+the indices) are async and run on kopf's event loop: in a thread, each watch event would cost a
+thread hand-off and a wake-up of the loop, more than the handler itself.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from mlplane.crds import KINDS
 from mlplane.crds.base import GROUP, VERSION
-from mlplane.crds.validation import validate_object
+from mlplane.crds.validation import parse_object
 from mlplane.operator.admission import Work
 from mlplane.operator.backends.aws import CredentialsUnavailable
 from mlplane.operator.backends.kuberay import (
@@ -33,6 +39,19 @@ from mlplane.operator.runtime import Runtime
 from mlplane.operator.status import TERMINAL_PHASES, Event, invalid_spec_status
 
 FINALIZER = f"{GROUP}/finalizer"
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No record of the last handled spec. kopf keeps one for on.create/on.update handlers, and
+    mlplane has none: its timers reconcile from the whole object. Stored, the record would cost
+    a status write per object created and per spec change, which nothing reads, and a copy of
+    the spec in every object the watches send."""
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
 
 
 def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,7 +121,7 @@ def _register_kind(
     plural = KINDS[kind].plural
 
     @kopf.on.event(GROUP, VERSION, plural, id=f"metrics-{plural}", registry=registry)
-    def watched(body: kopf.Body, type: str | None, **_: Any) -> None:
+    async def watched(body: kopf.Body, type: str | None, **_: Any) -> None:
         state = None if type == "DELETED" else seen(kind, body)
         metrics.view.update(body.meta["uid"], state)
 
@@ -116,10 +135,9 @@ def _register_kind(
         registry=registry,
     )
     def observe(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        doc = _plain(body)
         before = body.status.get("phase")
         with metrics.reconciling(kind):
-            problems = validate_object(doc)
+            resource, problems = parse_object(_plain(body))
             if problems:
                 reasons = [f"{p.field}: {p.message}" for p in problems]
                 patch.status.update(invalid_spec_status(reasons, body.meta.get("generation")))
@@ -128,7 +146,7 @@ def _register_kind(
                     metrics.transition(kind, before, "Failed")
                     _emit(body, [Event("Warning", "InvalidSpec", "; ".join(reasons))])
                 return
-            step = reconciler_of(memo.runtime).reconcile(model.model_validate(doc))
+            step = reconciler_of(memo.runtime).reconcile(resource)
         patch.status.update(status_patch(step.status, body.status))
         metrics.transition(kind, before, step.status.phase)
         _emit(body, step.events)
@@ -148,15 +166,16 @@ RUN_KINDS = {"TrainingJob": "trainingjobs_runs", "TuningSweep": "tuningsweeps_ru
 
 
 def _register_runs_index(registry: kopf.OperatorRegistry, kind: str, index_id: str) -> None:
-    model = KINDS[kind].resource
     reconciler_of = KIND_RECONCILERS[kind][0]
 
     @kopf.index(GROUP, VERSION, KINDS[kind].plural, id=index_id, registry=registry)
-    def runs(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[None, tuple[Work, str | None]]:
-        doc = _plain(body)
-        if doc["spec"].get("queueName") or validate_object(doc):
-            return {}  # Kueue admits it, or it never will be admitted
-        work = reconciler_of(memo.runtime).work(model.model_validate(doc))
+    async def runs(
+        body: kopf.Body, memo: kopf.Memo, **_: Any
+    ) -> dict[None, tuple[Work, str | None]]:
+        resource, problems = parse_object(_plain(body))
+        if problems or resource.spec.queue_name:
+            return {}  # it never will be admitted, or Kueue admits it
+        work = reconciler_of(memo.runtime).work(resource)
         return {None: (work, body.status.get("phase"))}
 
 
@@ -175,7 +194,7 @@ def _register_rayjobs_index(registry: kopf.OperatorRegistry) -> None:
         labels={SUBMISSION_LABEL: kopf.PRESENT},
         registry=registry,
     )
-    def rayjobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    async def rayjobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
         meta = body.meta
         seen = {
             "metadata": {
@@ -280,9 +299,7 @@ def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.Ope
         settings.persistence.progress_storage = kopf.StatusProgressStorage(
             field="status.kopf.progress"
         )
-        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
-            field="status.kopf.lastHandledConfiguration"
-        )
+        settings.persistence.diffbase_storage = NoDiffBase()
         settings.persistence.finalizer = FINALIZER
         # Our reconcilers emit the Events users read; kopf's own handler chatter stays in logs.
         settings.posting.level = logging.WARNING

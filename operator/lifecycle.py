@@ -177,12 +177,14 @@ class RunReconciler(ABC, Generic[S]):
             if problems:
                 self._fail(step, resource, "InvalidSpec", "; ".join(problems))
                 return step
-            step.phase("Pending", "Pending", "validated; waiting for admission")
+            # No Event: admission decides in this same step, so no one would see this phase.
+            step.status.phase = "Pending"
         launched = bool(step.status.ray and step.status.ray.submission_id)
         if step.status.phase in ("Pending", "Queued") and not launched:
+            # Observed from the next step on: a child just made has nothing to tell yet.
             self._admit_and_launch(step, resource)
         # Queued after the launch: the child waits, suspended, for Kueue to admit it.
-        if step.status.phase in ("Starting", "Running", "Queued") and step.status.ray:
+        elif step.status.phase in ("Starting", "Running", "Queued") and step.status.ray:
             self._observe(step, resource)
         return step
 

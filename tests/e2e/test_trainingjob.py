@@ -72,9 +72,11 @@ def test_xgboost_example_trains_registers_and_reports(
 
     reasons = event_reasons(k8s_api, resources.namespace, "churn-xgb")
     assert {"Launched", "Running", "Succeeded"} <= set(reasons), reasons
-    # kopf's bookkeeping stays in status: nothing for GitOps tools to see as drift.
+    # kopf's bookkeeping stays in status: nothing for GitOps tools to see as drift; and no copy
+    # of the spec there either (no handler would read it).
     annotations = obj["metadata"].get("annotations", {})
     assert not [a for a in annotations if "kopf" in a], annotations
+    assert "lastHandledConfiguration" not in status.get("kopf", {}), status["kopf"]
 
 
 def test_torch_example_trains_on_two_workers(resources) -> None:
