@@ -163,7 +163,7 @@ def launched(launcher: Launcher) -> dict[str, Launched]:
                     "max_depth": {"randint": {"low": 2, "high": 6}},
                 },
                 "algorithm": "random",
-                "trials": {"max": 8, "parallel": 2},
+                "trials": {"max": 6, "parallel": 2},
             },
         ),
     }
@@ -221,7 +221,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(
 ) -> None:
     first = launched["resumable"]  # the module's first test: the sweep is young
     deadline = time.monotonic() + SWEEP_TIMEOUT
-    while True:  # interrupt once two of its eight trials have finished
+    while True:  # interrupt once two of its six trials have finished
         parent = launcher.parent(first)
         if parent and parent.data.metrics.get("trials_completed", 0) >= 2:
             break
@@ -245,9 +245,9 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(
     assert launcher.wait(second).status == "SUCCEEDED", launcher.logs(second)
     parent = launcher.parent(second)
     assert parent and parent.data.tags["mlplane.attempt"] == "2"
-    assert parent.data.metrics["trials_completed"] == 8
+    assert parent.data.metrics["trials_completed"] == 6
     children = launcher.children(parent)
-    assert len(children) == 8  # no trial beyond trials.max, and none twice
+    assert len(children) == 6  # no trial beyond trials.max, and none twice
     for child in children:
         if child.info.run_id in finished:  # not run again: same end, same single curve
             assert (child.info.end_time, launcher.epochs(child)) == finished[child.info.run_id]
