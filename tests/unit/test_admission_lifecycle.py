@@ -8,7 +8,7 @@ import pytest
 from inmemory import InMemoryJobs
 
 from mlplane.crds.trainingjob import TrainingJob
-from mlplane.operator.backends.base import JobState
+from mlplane.operator.backends.base import AttemptRef, JobState
 from mlplane.operator.config import NodePool, OperatorConfig
 from mlplane.operator.lifecycle import submission_id
 from mlplane.operator.quota import GpuLedger, config_limits
@@ -130,3 +130,26 @@ def test_a_stuck_launch_says_why_once(parts) -> None:
     assert [e.reason for e in stepped.events] == ["ImagePullBackOff"]
     assert job.status.phase == "Starting"
     assert reconciler.reconcile(job).events == []  # not again on every tick
+
+
+def test_the_first_step_says_once_what_became_of_the_job(
+    parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One Event per job for its admission (no Pending a user never sees as the phase), and
+    the child just made is left to the next step to observe."""
+    reconciler, backend, _ = parts
+    observed: list[str] = []
+    state = backend.state
+
+    def observing(ref: AttemptRef) -> JobState:
+        observed.append(ref.submission_id)
+        return state(ref)
+
+    monkeypatch.setattr(backend, "state", observing)
+    first, second, third = (reconciler.reconcile(make_job(n)) for n in (1, 2, 3))
+    assert [[e.reason for e in s.events] for s in (first, second, third)] == [
+        ["Launched"],
+        ["Launched"],
+        ["Queued"],
+    ]
+    assert observed == []
