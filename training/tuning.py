@@ -16,7 +16,8 @@ with what the operator shows: `trials_completed|running|failed|pruned`, `best_<o
 At the end the best completed trial's model is evaluated on the test split, gated, logged and,
 with `promoteBest`, registered with its alias, by the same code as a TrainingJob's, on the parent
 run. A second attempt (the Ray job was lost) restores the experiment: finished trials stay
-finished, unfinished ones resume from their last checkpoint, and the registration happens once.
+finished, unfinished ones resume from their last checkpoint, one started after the experiment's
+last snapshot is drawn anew (its child run deleted), and the registration happens once.
 """
 
 from __future__ import annotations
@@ -285,6 +286,7 @@ class SweepTracker(tune.Callback, tune.Stopper):
         self._finished: set[str] = set()
         self._client: MlflowClient | None = None
         self._published = 0.0
+        self._stepped = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -293,6 +295,7 @@ class SweepTracker(tune.Callback, tune.Stopper):
             "_runs": {},
             "_finished": set(),
             "_published": 0.0,
+            "_stepped": False,
         }
 
     @property
@@ -302,6 +305,11 @@ class SweepTracker(tune.Callback, tune.Stopper):
         return self._client
 
     # -- Tune callback hooks
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if not self._stepped:  # before the search adds a trial: `trials` are the restored ones
+            self._stepped = True
+            self._delete_forgotten_children({trial.trial_id for trial in trials})
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -390,6 +398,20 @@ class SweepTracker(tune.Callback, tune.Stopper):
             self.client.log_batch(run_id, params=params)
         self._runs[trial.trial_id] = run_id
         return run_id
+
+    def _delete_forgotten_children(self, known: set[str]) -> None:
+        """Delete the child runs of trials the experiment does not know: an earlier attempt
+        started them after Tune's last snapshot of the experiment, so they never continue and
+        the search draws others in their place. Kept, they would count as trials beyond
+        trials.max; deleted, MLflow can still restore them."""
+        children = self.client.search_runs(
+            [experiment_id(self.client, self.experiment)],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=50_000,  # MLflow's most
+        )
+        for child in children:
+            if child.data.tags.get(TRIAL_ID_TAG) not in known:
+                self.client.delete_run(child.info.run_id)
 
     def _find(self, trial_id: str) -> str | None:
         found = self._find_run(trial_id)

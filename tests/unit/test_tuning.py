@@ -290,3 +290,35 @@ def test_a_trial_finished_before_the_interruption_is_not_ended_again(
     again = client.get_run(run.info.run_id)
     assert (again.info.status, again.info.end_time) == ("FINISHED", run.info.end_time)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1, 2]
+
+
+def test_a_trial_started_after_the_last_snapshot_is_not_counted_after_a_restore(
+    tmp_path: Path,
+) -> None:
+    """A trial that started after Tune's last snapshot is unknown to the restored experiment,
+    which draws another in its place: the first one's child run goes, so the sweep's children
+    stay its trials (none beyond trials.max)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    context = RunContext("ns", "churn-sweep", "uid", 1, uri, str(tmp_path), "exp")
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("exp")).info.run_id
+    tracker = SweepTracker(sweep(), context, parent)
+    params = {"eta": 0.1, "max_depth": 3, "subsample": 0.8, "min_child_weight": 1}
+    kept, forgotten = TuneTrial("t0", params), TuneTrial("t1", params)
+    tracker.on_step_begin(0, [kept])
+    tracker.on_trial_start(0, [kept], kept)
+    snapshot = pickle.dumps(tracker)  # Tune's last snapshot: it knows t0 only
+    tracker.on_step_begin(1, [kept, forgotten])
+    tracker.on_trial_start(1, [kept, forgotten], forgotten)
+
+    def children() -> list[str]:
+        runs = client.search_runs(
+            [client.get_experiment_by_name("exp").experiment_id],
+            f"tags.`mlflow.parentRunId` = '{parent}'",
+        )
+        return sorted(run.data.tags["mlplane.trial_id"] for run in runs)
+
+    assert children() == ["t0", "t1"]  # a step that is not the attempt's first deletes nothing
+    restored = pickle.loads(snapshot)
+    restored.on_step_begin(0, [kept])
+    assert children() == ["t0"]
