@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,6 +40,8 @@ from pathlib import Path
 from mlplane.serving.config import SERVE_PROCESS_ENV
 
 LOCALHOST = "127.0.0.1"
+# Below Linux's ephemeral range (32768-60999) and above Ray's worker ports (10002-19999).
+SERVER_PORTS = range(20000, 32768)
 # A Unix socket path may be at most 107 bytes; Ray puts sockets under
 # <temp_dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store (about 60 bytes past temp_dir).
 _MAX_RAY_TEMP_DIR = 44
@@ -81,10 +84,20 @@ atexit.register(stop_all)
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody uses right now, from SERVER_PORTS.
+
+    Not the OS's pick (bind to port 0): that comes from the ephemeral range, the one outgoing
+    connections draw their local ports from, so in the seconds before the server binds it, any
+    connection on the machine could take it and the server would fail with "address in use".
+    """
+    for port in random.sample(SERVER_PORTS, 100):
+        with socket.socket() as sock:
+            try:
+                sock.bind((LOCALHOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {SERVER_PORTS.start}-{SERVER_PORTS.stop - 1}")
 
 
 def _venv_env(**extra: str) -> dict[str, str]:

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from mlplane.operator import embedded
 from mlplane.operator.cluster import nodepools, pki
 from mlplane.operator.cluster.build import Parts, cache_root, ensure_parts
 
@@ -533,17 +533,11 @@ def _terminate(record: ProcessRecord, grace: float = 10.0) -> None:
 
 
 def _free_ports(names: tuple[str, ...]) -> dict[str, int]:
-    """Distinct free loopback ports: all sockets stay bound until every port is chosen."""
-    sockets = []
-    try:
-        for _ in names:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return {name: sock.getsockname()[1] for name, sock in zip(names, sockets, strict=True)}
-    finally:
-        for sock in sockets:
-            sock.close()
+    """Distinct free loopback ports, one per name."""
+    ports: set[int] = set()
+    while len(ports) < len(names):
+        ports.add(embedded.free_port())
+    return dict(zip(names, sorted(ports), strict=True))
 
 
 def _http_ok(url: str) -> bool:

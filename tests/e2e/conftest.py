@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,12 @@ class OperatorProcess:
         log_path: Path,
         # Only the per-test namespaces: the README test runs an operator of its own.
         args: tuple[str, ...] = ("operator", "--namespace", "test-*"),
+        health_url: str | None = None,
     ) -> None:
         self.env = env
         self.log_path = log_path
         self.args = args
+        self.health_url = health_url  # where its --liveness endpoint answers, if it has one
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -63,6 +67,22 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Until kopf's health endpoint answers (startup done); fails with the log's tail if the
+        process exits or the endpoint stays silent."""
+        assert self.health_url, "started without a health endpoint"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.health_url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            alive = self.process is not None and self.process.poll() is None
+            assert alive and time.monotonic() < deadline, self.log()[-3000:]
+            time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")

@@ -58,21 +58,10 @@ class Replica:
     """One operator process and where it answers."""
 
     process: OperatorProcess
-    health_url: str
     metrics_url: str
 
     def wait_healthy(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            try:
-                with urllib.request.urlopen(self.health_url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            alive = self.process.process and self.process.process.poll() is None
-            assert alive and time.monotonic() < deadline, self.process.log()[-3000:]
-            time.sleep(0.5)
+        self.process.wait_healthy(STARTUP_TIMEOUT)
 
     def scrape(self) -> Samples:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
@@ -106,9 +95,9 @@ class ChartOperator:
             for a in self.args
         ]
         log = self.logs / f"operator-{len(self.replicas)}.log"
-        process = OperatorProcess(self.env, log, tuple(args))
+        process = OperatorProcess(self.env, log, tuple(args), health_url=local["liveness"])
         process.start()
-        replica = Replica(process, local["liveness"], f"http://127.0.0.1:{metrics}/metrics")
+        replica = Replica(process, f"http://127.0.0.1:{metrics}/metrics")
         self.replicas.append(replica)
         return replica
 

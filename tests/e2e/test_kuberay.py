@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,19 +69,12 @@ def kuberay_operator(
             *("--config", str(config_file)),
             *("--liveness", health),
         ),
+        health_url=health,
     )
     process.start()
-    wait_for(lambda: healthy(health), STARTUP_TIMEOUT, every=0.5)
+    process.wait_healthy(STARTUP_TIMEOUT)
     yield process
     process.stop()
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError):
-        return False
 
 
 @pytest.fixture
@@ -370,7 +361,8 @@ def test_the_ledger_survives_an_operator_restart(
     kuberay_operator.kill()
     team.apply(training_job("s4"))  # arrives while no operator runs
     kuberay_operator.start()
-    wait_for(phase_is(team, "s4", "Queued"), STARTUP_TIMEOUT)
+    kuberay_operator.wait_healthy(STARTUP_TIMEOUT)
+    wait_for(phase_is(team, "s4", "Queued"), 15)
     time.sleep(3 * INTERVAL)  # every timer has run at least twice since the restart
     # Nothing admitted twice, no GPU counted twice: the same two hold the quota, in line order.
     assert rayjobs(team) == ["s1-a1", "s2-a1"]
