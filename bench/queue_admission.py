@@ -13,10 +13,11 @@ Each namespace gets the same mix: 40 % one-GPU a100 jobs, 20 % one-GPU t4 jobs, 
 jobs. The jobs are applied from 8 threads as fast as the API server takes them (or, with
 `--rate`, at that many per second, to see the latency of a load the machine keeps up with); a
 watch records when each first shows phase Starting (launched) or Queued. Latency is from just
-before its create call to that watch event. The operator's CPU, peak RSS and open sockets come
-from /proc, as do the CPU seconds of the API server, etcd and MLflow over the burst, which say
-where the time went; then the steady state (every job's timer re-checking the queue) is sampled
-for `--steady` seconds.
+before its create call to that watch event; `stages` splits it at the job's first watch event
+and at the first one that shows the operator's finalizer. The operator's CPU, peak RSS and open
+sockets come from /proc, as do the CPU seconds of the API server, etcd and MLflow over the burst,
+which say where the time went; then the steady state (every job's timer re-checking the queue)
+is sampled for `--steady` seconds.
 """
 
 from __future__ import annotations
@@ -128,19 +129,27 @@ class CpuMeter:
 
 @dataclass
 class Decisions:
-    """When each job was applied and when the operator first showed it launched or queued."""
+    """When each job was applied, first reached the watch, first carried the operator's
+    finalizer (kopf's first reaction), and first showed it launched or queued."""
 
     applied: dict[str, float] = field(default_factory=dict)
+    watched: dict[str, float] = field(default_factory=dict)
+    finalized: dict[str, float] = field(default_factory=dict)
     decided: dict[str, tuple[float, str]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: threading.Event = field(default_factory=threading.Event)
     expected: int = 0
     stream_errors: list[str] = field(default_factory=list)
 
-    def see(self, key: str, phase: str) -> None:
+    def see(self, key: str, obj: dict[str, Any]) -> None:
+        now = time.monotonic()
+        phase = obj.get("status", {}).get("phase")
         with self.lock:
+            self.watched.setdefault(key, now)
+            if obj["metadata"].get("finalizers"):
+                self.finalized.setdefault(key, now)
             if key not in self.decided and phase in ("Starting", "Queued"):
-                self.decided[key] = (time.monotonic(), phase)
+                self.decided[key] = (now, phase)
                 if len(self.decided) == self.expected:
                     self.done.set()
 
@@ -162,8 +171,7 @@ def watch_decisions(api: client.ApiClient, run: str, decisions: Decisions) -> No
             for event in stream:
                 obj = event["object"]
                 meta = obj["metadata"]
-                key = f"{meta['namespace']}/{meta['name']}"
-                decisions.see(key, obj.get("status", {}).get("phase"))
+                decisions.see(f"{meta['namespace']}/{meta['name']}", obj)
                 if decisions.done.is_set():
                     return
         except (ApiException, HTTPError, OSError, ValueError) as error:
@@ -406,6 +414,12 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
         if phase == "Queued"
     ]
     last = max((at for at, _ in decisions.decided.values()), default=started)
+    decided_at = {key: at for key, (at, _) in decisions.decided.items()}
+    stages = {  # where each job's latency went, leg by leg
+        "apply_to_watched": (decisions.applied, decisions.watched),
+        "watched_to_finalizer": (decisions.watched, decisions.finalized),
+        "finalizer_to_decided": (decisions.finalized, decided_at),
+    }
     return {
         "jobs": args.jobs,
         "namespaces": args.namespaces,
@@ -417,6 +431,10 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
         "apply_to_launched": summary(launched),
         "apply_to_queued": summary(queued),
         "apply_to_decided": summary(launched + queued),
+        "stages": {
+            name: summary([end[key] - begin[key] for key in end.keys() & begin.keys()])
+            for name, (begin, end) in stages.items()
+        },
         "watch_stream_errors": decisions.stream_errors,
         "burst_seconds": round(burst, 1),
         "burst_cpu_seconds": burst_cpu,
