@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import requests
 import yaml
+from requests.adapters import HTTPAdapter
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import (
@@ -34,6 +35,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from urllib3.util.retry import Retry
 
 from mlplane.crds.modeldeployment import ModelDeployment, ModelDeploymentStatus
 from mlplane.crds.trainingjob import TrainingJob
@@ -272,11 +274,26 @@ class ServingView:
             soft_wrap=True,
         )
         try:
-            answer = requests.post(status.url, json=body, timeout=30)
+            answer = _sample_session().post(status.url, json=body, timeout=30)
         except requests.RequestException as error:  # shown, not fatal: the app keeps serving
             self.console.print(f"  → {type(error).__name__}: {error}", markup=False)
             return
         self.console.print(f"  → {answer.status_code} {answer.text}", markup=False, soft_wrap=True)
+
+
+def _sample_session() -> requests.Session:
+    """Serve's HTTP proxy learns a route a moment after the application reports RUNNING: until
+    then it answers 404 (no such route) or 503, which mean "not yet" for the sample request."""
+    retry = Retry(
+        total=6,
+        backoff_factor=0.25,
+        status_forcelist=(404, 503),
+        allowed_methods=None,  # the POST is a prediction: safe to repeat
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    return session
 
 
 def sample_request(tracking_uri: str, model_uri: str) -> dict[str, Any] | None:

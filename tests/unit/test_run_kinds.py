@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,15 @@ from rich.console import Console
 from mlplane.crds.modeldeployment import ModelDeployment
 from mlplane.crds.trainingjob import TrainingJob
 from mlplane.crds.tuningsweep import BestTrial, TrialCounts, TuningSweep, TuningSweepStatus
-from mlplane.operator.run import KINDS, EpochBar, ServingView, TrialTable, load, trial_table
+from mlplane.operator.run import (
+    KINDS,
+    EpochBar,
+    ServingView,
+    TrialTable,
+    _sample_session,
+    load,
+    trial_table,
+)
 from mlplane.operator.tracking import RunSnapshot
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -82,3 +92,30 @@ def test_the_trial_table_before_the_first_trial() -> None:
     console = Console(width=160, record=True)
     console.print(trial_table(sweep, []))
     assert "waiting for the first trial" in console.export_text()
+
+
+def test_the_sample_request_waits_out_a_route_serve_has_not_learned_yet() -> None:
+    """Right after Available, Serve's proxy may answer 404 or 503 for a moment; the answer
+    `mlplane run` prints is the model's, not that."""
+    answers = iter([(404, b"Path '/churn' not found."), (503, b"")])
+    seen: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            status, text = next(answers, (200, b'{"predictions": [1]}'))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Proxy) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/churn"
+        answer = _sample_session().post(url, json={"instances": [[1.0]]}, timeout=10)
+        server.shutdown()
+    assert (answer.status_code, answer.json()) == (200, {"predictions": [1]})
+    assert len(seen) == 3 and all('"instances"' in body for body in seen)
