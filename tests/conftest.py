@@ -172,15 +172,12 @@ def _wait_established(extensions: client.ApiextensionsV1Api, name: str) -> None:
     raise TimeoutError(f"CRD {name} not Established within {ESTABLISHED_TIMEOUT:.0f}s")
 
 
-@pytest.fixture
-def namespace(request: pytest.FixtureRequest, k8s_api: client.ApiClient) -> Iterator[str]:
-    """A fresh namespace named after the test, with its `default` ServiceAccount; deleted after.
-
-    It does not pull in `crds`: a test of the cluster itself must not fail on a broken CRD.
-    Tests of mlplane's resources ask for `crds` as well.
-    """
-    core = client.CoreV1Api(k8s_api)
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+@contextlib.contextmanager
+def fresh_namespace(api: client.ApiClient, named_after: str) -> Iterator[str]:
+    """A new namespace named after `named_after`, with its `default` ServiceAccount; deleted
+    on exit."""
+    core = client.CoreV1Api(api)
+    slug = re.sub(r"[^a-z0-9]+", "-", named_after.lower()).strip("-")[:40].strip("-")
     name = f"{slug}-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": name, "labels": {"mlplane.dev/test": "true"}}})
     # Pods are rejected until the controller-manager has created the namespace's ServiceAccount.
@@ -193,5 +190,18 @@ def namespace(request: pytest.FixtureRequest, k8s_api: client.ApiClient) -> Iter
             if error.status != 404 or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-    yield name
-    core.delete_namespace(name)
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, k8s_api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace named after the test; deleted after.
+
+    It does not pull in `crds`: a test of the cluster itself must not fail on a broken CRD.
+    Tests of mlplane's resources ask for `crds` as well.
+    """
+    with fresh_namespace(k8s_api, request.node.name) as name:
+        yield name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,9 @@ import yaml
 from kubernetes import client
 from mlflow import MlflowClient
 from ray.job_submission import JobSubmissionClient
+
+from tests.conftest import fresh_namespace
+from tests.e2e.conftest import OperatorProcess, Resources
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
@@ -41,11 +45,46 @@ def event_reasons(api: client.ApiClient, namespace: str, name: str) -> list[str]
     return [e.reason for e in sorted(events.items, key=lambda e: e.metadata.creation_timestamp)]
 
 
+def _broken_job() -> dict[str, Any]:
+    doc = example("trainingjob-custom.yaml")
+    doc["metadata"]["name"] = "broken"
+    doc["spec"]["model"]["entrypoint"] = "failing_train:train_loop_per_worker"
+    doc["spec"]["runtimeEnv"] = {"workingDir": str(Path(__file__).parent / "usercode")}
+    doc["spec"]["retries"] = 1
+    return doc
+
+
+def _strict_gate_job() -> dict[str, Any]:
+    doc = example("trainingjob-xgboost.yaml")
+    doc["metadata"]["name"] = "strict-gate"
+    doc["spec"]["tracking"]["registerAs"] = "strict-gate-model"
+    doc["spec"]["gates"] = {"roc_auc": ">= 0.9999", "accuracy": ">= 0.5"}
+    return doc
+
+
+@pytest.fixture(scope="module")
+def launched(
+    k8s_api: client.ApiClient, crds: list[str], operator: OperatorProcess
+) -> Iterator[Resources]:
+    """The jobs that only need to finish, applied together when the module starts: the operator
+    and Ray run them side by side, and each test waits for its own (as in a team's namespace)."""
+    with fresh_namespace(k8s_api, "test-trainingjob-examples") as namespace:
+        resources = Resources(k8s_api, namespace, operator)
+        for doc in (
+            example("trainingjob-xgboost.yaml"),
+            example("trainingjob-torch.yaml"),
+            example("trainingjob-custom.yaml"),
+            _broken_job(),
+            _strict_gate_job(),
+        ):
+            resources.apply(doc)
+        yield resources
+
+
 def test_xgboost_example_trains_registers_and_reports(
-    resources, mlflow_server: str, ray_cluster: str, k8s_api: client.ApiClient
+    launched: Resources, mlflow_server: str, ray_cluster: str, k8s_api: client.ApiClient
 ) -> None:
-    created = resources.apply(example("trainingjob-xgboost.yaml"))
-    obj = resources.wait_for_phase(
+    obj = launched.wait_for_phase(
         "trainingjobs", "churn-xgb", {"Succeeded", "Failed"}, TRAINING_TIMEOUT
     )
     status = obj["status"]
@@ -57,7 +96,7 @@ def test_xgboost_example_trains_registers_and_reports(
     assert status["observedGeneration"] == 1
     assert status["attempts"] == 1
     assert status["progress"]["epoch"] > 0
-    uid = created["metadata"]["uid"]
+    uid = obj["metadata"]["uid"]
     assert status["ray"]["submissionId"] == f"mlplane-{uid}-1"
     assert submissions(ray_cluster, uid) == [f"mlplane-{uid}-1"]
 
@@ -70,7 +109,7 @@ def test_xgboost_example_trains_registers_and_reports(
     assert run.data.tags["mlplane.dataset_uri"] == "sklearn://breast_cancer"
     assert status["mlflow"]["url"].startswith(mlflow_server)
 
-    reasons = event_reasons(k8s_api, resources.namespace, "churn-xgb")
+    reasons = event_reasons(k8s_api, launched.namespace, "churn-xgb")
     assert {"Launched", "Running", "Succeeded"} <= set(reasons), reasons
     # kopf's bookkeeping stays in status: nothing for GitOps tools to see as drift; and no copy
     # of the spec there either (no handler would read it).
@@ -79,24 +118,16 @@ def test_xgboost_example_trains_registers_and_reports(
     assert "lastHandledConfiguration" not in status.get("kopf", {}), status["kopf"]
 
 
-def test_torch_example_trains_on_two_workers(resources) -> None:
-    obj = resources.wait_for_phase(
-        "trainingjobs",
-        resources.apply(example("trainingjob-torch.yaml"))["metadata"]["name"],
-        {"Succeeded", "Failed"},
-        TRAINING_TIMEOUT,
-    )
+def test_torch_example_trains_on_two_workers(launched: Resources) -> None:
+    name = example("trainingjob-torch.yaml")["metadata"]["name"]
+    obj = launched.wait_for_phase("trainingjobs", name, {"Succeeded", "Failed"}, TRAINING_TIMEOUT)
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
     assert obj["status"]["metrics"]["test_accuracy"] >= 0.90
 
 
-def test_custom_example_runs_the_users_function(resources, ray_cluster: str) -> None:
-    obj = resources.wait_for_phase(
-        "trainingjobs",
-        resources.apply(example("trainingjob-custom.yaml"))["metadata"]["name"],
-        {"Succeeded", "Failed"},
-        TRAINING_TIMEOUT,
-    )
+def test_custom_example_runs_the_users_function(launched: Resources, ray_cluster: str) -> None:
+    name = example("trainingjob-custom.yaml")["metadata"]["name"]
+    obj = launched.wait_for_phase("trainingjobs", name, {"Succeeded", "Failed"}, TRAINING_TIMEOUT)
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
     # wine_train.py prints the greeting its runtime env sets: the user's code ran, with that env.
     logs = JobSubmissionClient(ray_cluster).get_job_logs(obj["status"]["ray"]["submissionId"])
@@ -104,14 +135,10 @@ def test_custom_example_runs_the_users_function(resources, ray_cluster: str) -> 
     assert obj["status"]["metrics"]["test_accuracy"] > 0.5
 
 
-def test_raising_entrypoint_fails_after_its_retries(resources) -> None:
-    doc = example("trainingjob-custom.yaml")
-    doc["metadata"]["name"] = "broken"
-    doc["spec"]["model"]["entrypoint"] = "failing_train:train_loop_per_worker"
-    doc["spec"]["runtimeEnv"] = {"workingDir": str(Path(__file__).parent / "usercode")}
-    doc["spec"]["retries"] = 1
-    resources.apply(doc)
-    obj = resources.wait_for_phase("trainingjobs", "broken", {"Succeeded", "Failed"}, 300)
+def test_raising_entrypoint_fails_after_its_retries(launched: Resources) -> None:
+    obj = launched.wait_for_phase(
+        "trainingjobs", "broken", {"Succeeded", "Failed"}, TRAINING_TIMEOUT
+    )
     status = obj["status"]
     assert status["phase"] == "Failed"
     assert status["attempts"] == 2
@@ -121,13 +148,8 @@ def test_raising_entrypoint_fails_after_its_retries(resources) -> None:
     assert "feature 'tenure' has 12 missing values" in failed["message"]
 
 
-def test_failed_gate_succeeds_without_registering(resources, mlflow_server: str) -> None:
-    doc = example("trainingjob-xgboost.yaml")
-    doc["metadata"]["name"] = "strict-gate"
-    doc["spec"]["tracking"]["registerAs"] = "strict-gate-model"
-    doc["spec"]["gates"] = {"roc_auc": ">= 0.9999", "accuracy": ">= 0.5"}
-    resources.apply(doc)
-    obj = resources.wait_for_phase(
+def test_failed_gate_succeeds_without_registering(launched: Resources, mlflow_server: str) -> None:
+    obj = launched.wait_for_phase(
         "trainingjobs", "strict-gate", {"Succeeded", "Failed"}, TRAINING_TIMEOUT
     )
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
