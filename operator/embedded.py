@@ -46,7 +46,11 @@ SERVER_PORTS = range(20000, 32768)
 # <temp_dir>/session_<date>_<time>_<us>_<pid>/sockets/plasma_store (about 60 bytes past temp_dir).
 _MAX_RAY_TEMP_DIR = 44
 # How long a service gets to shut down after SIGTERM before its process group is killed.
-_GRACE_SECONDS = 15.0
+# MLflow finishes its SQLite writes. A local Ray head keeps nothing that outlives it, and its
+# processes exit within about 2 s except the autoscaler's monitor, which waits out the whole
+# grace for the GCS it has just lost: the full 15 s at every `mlplane run` exit.
+_MLFLOW_GRACE_SECONDS = 15.0
+_RAY_GRACE_SECONDS = 3.0
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Service:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    grace_seconds: float
 
     def stop(self) -> None:
         """Close the supervisor's pipe, wait for it to stop the service, then clear the group."""
@@ -64,7 +69,7 @@ class Service:
             with contextlib.suppress(BrokenPipeError):
                 self.process.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=_GRACE_SECONDS + 10)
+            self.process.wait(timeout=self.grace_seconds + 10)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
@@ -142,18 +147,25 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def _spawn(name: str, url: str, argv: list[str], env: dict[str, str], log_path: Path) -> Service:
+def _spawn(
+    name: str,
+    url: str,
+    argv: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    grace_seconds: float,
+) -> Service:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mlplane.operator.embedded", *argv],
+            [sys.executable, "-m", "mlplane.operator.embedded", str(grace_seconds), *argv],
             env=env,
             stdin=subprocess.PIPE,  # the supervisor stops the service when this pipe closes
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    service = Service(name, url, process, log_path)
+    service = Service(name, url, process, log_path, grace_seconds)
     _running[url] = service
     return service
 
@@ -213,7 +225,7 @@ def start_local_ray(
         RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
         **SERVE_PROCESS_ENV,
     )
-    service = _spawn("ray head", url, argv, env, data_dir / "ray-head.log")
+    service = _spawn("ray head", url, argv, env, data_dir / "ray-head.log", _RAY_GRACE_SECONDS)
     _wait_http(f"{url}/api/version", service, timeout)
     _wait_http(f"{url}/api/jobs/", service, timeout)
     return url
@@ -240,7 +252,8 @@ def start_local_mlflow(data_dir: Path, timeout: float = 120.0) -> str:
         "--workers=1",
     ]
     env = _venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    service = _spawn("mlflow server", url, argv, env, data_dir / "mlflow-server.log")
+    log = data_dir / "mlflow-server.log"
+    service = _spawn("mlflow server", url, argv, env, log, _MLFLOW_GRACE_SECONDS)
     _wait_http(f"{url}/health", service, timeout)
     return url
 
@@ -252,8 +265,9 @@ def stop(url: str) -> None:
         service.stop()
 
 
-def _supervise(argv: list[str]) -> int:
-    """Run `argv`, hold its process group until our stdin reaches EOF, then stop the group.
+def _supervise(argv: list[str], grace_seconds: float) -> int:
+    """Run `argv`, hold its process group until our stdin reaches EOF, then stop the group:
+    SIGTERM, then SIGKILL for whatever is left after `grace_seconds`.
 
     EOF comes from `Service.stop()` or from the parent's death (the kernel closes its end of the
     pipe), which is what makes the embedded services share the fate of the process that started
@@ -273,7 +287,7 @@ def _supervise(argv: list[str]) -> int:
     stopping.set()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM is for the service
     os.killpg(0, signal.SIGTERM)
-    deadline = time.monotonic() + _GRACE_SECONDS
+    deadline = time.monotonic() + grace_seconds
     while _group_members(os.getpgid(0)) > 1 and time.monotonic() < deadline:
         time.sleep(0.2)
     os.killpg(0, signal.SIGKILL)  # whatever is left, and this supervisor
@@ -299,4 +313,4 @@ def _group_members(pgid: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_supervise(sys.argv[1:]))
+    sys.exit(_supervise(sys.argv[2:], grace_seconds=float(sys.argv[1])))
