@@ -5,9 +5,10 @@
 
 A local control plane (its own state dir, `~/.cache/mlplane/bench-cluster`, started here unless
 one runs there) with the kwok GPU pools of operator/cluster/nodepools.yaml (a100 3 x 8, t4 2 x 4,
-cpu), the mlplane CRDs and the KubeRay stand-in CRDs of tests/kuberay_standin.py; a local MLflow
-server; `mlplane operator` with the kuberay backend (so nothing trains: each admitted job becomes
-a RayJob no controller runs), every namespace limited to 2 a100 and 1 t4 GPUs.
+cpu), KubeRay's own CRDs and operator (started with the control plane), the mlplane CRDs; a local
+MLflow server; `mlplane operator` with the kuberay backend (so nothing trains: each admitted job
+becomes a RayJob KubeRay validates and makes a RayCluster for, whose kwok pods run no code), every
+namespace limited to 2 a100 and 1 t4 GPUs.
 
 Each namespace gets the same mix: 40 % one-GPU a100 jobs, 20 % one-GPU t4 jobs, 40 % CPU-only
 jobs. The jobs are applied from 8 threads as fast as the API server takes them (or, with
@@ -55,8 +56,6 @@ from mlplane.operator.cluster.build import cache_root
 from mlplane.operator.cluster.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the KubeRay stand-in the tests use
-from kuberay_standin import install_crds  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MIX = ("a100", "a100", "t4", "cpu", "cpu")
@@ -326,7 +325,6 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
         except ApiException as error:
             if error.status != 409:
                 raise
-    install_crds(api)
     run = uuid.uuid4().hex[:6]
     namespaces = [f"bench-{i}-{run}" for i in range(args.namespaces)]
     core = client.CoreV1Api(api)

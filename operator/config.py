@@ -26,6 +26,7 @@ watched kind and namespace for as long as the operator runs, however many namesp
 `--namespace` pattern comes to match."""
 
 DEFAULT_RAY_IMAGE = f"ghcr.io/mlplane/mlplane:{importlib.metadata.version('mlplane')}"
+DEFAULT_RAY_VERSION = importlib.metadata.version("ray")
 
 
 class NodePool(BaseModel):
@@ -92,6 +93,9 @@ class OperatorConfig(BaseSettings):
     ray_image: str = DEFAULT_RAY_IMAGE
     """kuberay backend: the image of every Ray head and worker pod; it must have Ray and mlplane
     (the runner). Default: the mlplane image of this version."""
+    ray_version: str = DEFAULT_RAY_VERSION
+    """kuberay backend: the Ray version in `ray_image` (KubeRay's `rayVersion`, which it needs to
+    start the pods). Default: the operator's own Ray, the one the mlplane image carries."""
     head_node_pool: str | None = None
     """kuberay backend: the pool Ray head pods run on. Unset: the first pool without GPUs."""
     sagemaker_artifact_bucket: str | None = None

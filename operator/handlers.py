@@ -117,7 +117,6 @@ def _register_kind(
 ) -> None:
     """One timer that steps the resource (while it is active, for runs), a deletion handler, and
     a watch of every change that keeps the metrics' view of the resource current."""
-    model = KINDS[kind].resource
     plural = KINDS[kind].plural
 
     @kopf.on.event(GROUP, VERSION, plural, id=f"metrics-{plural}", registry=registry)
@@ -153,8 +152,14 @@ def _register_kind(
 
     @kopf.on.delete(GROUP, VERSION, plural, id=f"delete-{plural}", registry=registry)
     def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        resource, problems = parse_object(_plain(body))
+        if problems:
+            # Nothing was launched for it (an invalid spec never reaches a backend, and a running
+            # one cannot change), so there is nothing to stop: a retry would fail the same way
+            # and keep the finalizer, and the resource, forever.
+            return
         try:
-            reconciler_of(memo.runtime).delete(model.model_validate(_plain(body)))
+            reconciler_of(memo.runtime).delete(resource)
         except DeletionPending as pending:  # the finalizer stays; kopf asks again later
             raise kopf.TemporaryError(str(pending), delay=pending.delay_seconds) from None
 

@@ -27,6 +27,8 @@ from mlplane.operator.status import TERMINAL_PHASES, Event, condition, now, set_
 from mlplane.operator.tracking import MetricsFeed, RunLookup, RunSnapshot, Tracking
 
 S = TypeVar("S", bound=RunStatus)
+UNRETRYABLE = frozenset({"DeadlineExceeded", "ValidationFailed"})
+"""Failure reasons a retry of the same spec would meet again: the run fails at once, with them."""
 
 
 @dataclass
@@ -411,8 +413,8 @@ class RunReconciler(ABC, Generic[S]):
             self.backend.logs_tail(ref)
         )
         reason = error or state.message or f"Ray job {state.status.lower()}"
-        if state.reason == "DeadlineExceeded":
-            self._fail(step, resource, "DeadlineExceeded", reason)
+        if state.reason in UNRETRYABLE:
+            self._fail(step, resource, state.reason, reason)
             return
         retries = self.retries(resource)
         if status.attempts <= retries and self.retryable(run):

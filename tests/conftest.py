@@ -26,7 +26,14 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from service_fixtures import unavailable
 
-from mlplane.operator.cluster.build import HELM, Parts, cache_root, ensure_parts, ensure_tool
+from mlplane.operator.cluster.build import (
+    HELM,
+    KUBERAY,
+    Parts,
+    cache_root,
+    ensure_parts,
+    ensure_tool,
+)
 from mlplane.operator.cluster.controlplane import ControlPlane
 
 CRDS_DIR = Path(__file__).resolve().parent.parent / "crds"
@@ -58,7 +65,11 @@ def _built(config: pytest.Config, build: Callable[[], T]) -> T | Exception:
 
 
 def _build_parts(config: pytest.Config) -> Parts | Exception:
-    return _built(config, lambda: ensure_parts(_progress))
+    def build() -> Parts:
+        ensure_tool(KUBERAY, _progress)  # the control plane runs KubeRay's operator too
+        return ensure_parts(_progress)
+
+    return _built(config, build)
 
 
 def _build_helm(config: pytest.Config) -> Path | Exception:

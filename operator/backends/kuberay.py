@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from mlplane.crds.base import quantity_value
 from mlplane.operator.backends.base import AttemptRef, JobState, Launch, Owner
-from mlplane.operator.config import NodePool, OperatorConfig
+from mlplane.operator.config import DEFAULT_RAY_VERSION, NodePool, OperatorConfig
 
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
 RAY_API_VERSION = f"{RAY_GROUP}/{RAY_VERSION}"
@@ -32,8 +32,8 @@ SUBMISSION_LABEL = "mlplane.dev/submission-id"
 NAME_LABEL = "mlplane.dev/name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RAY_POOL_LABEL = "mlplane.dev/pool"
-"""The Ray node label (set with `ray start --labels`) naming the node pool a worker runs on; Serve
-replicas select their pool by it."""
+"""The Ray node label (KubeRay's worker group `labels`, which it passes to `ray start --labels`)
+naming the node pool a worker runs on; Serve replicas select their pool by it."""
 
 # Container waiting reasons that never clear by waiting: reported instead of "Initializing".
 POD_PROBLEMS = frozenset(
@@ -56,6 +56,7 @@ class Placement:
     image: str
     head_pool: NodePool | None = None
     worker_pool: NodePool | None = None
+    ray_version: str = DEFAULT_RAY_VERSION
     ttl_seconds_after_finished: int = 600
     head_resources: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "2Gi"})
 
@@ -66,7 +67,9 @@ def placements(config: OperatorConfig) -> Callable[[str | None], Placement]:
         head = config.pool(config.head_node_pool)
     else:
         head = next((p for p in config.node_pools if not p.gpus_per_node), None)
-    return lambda pool: Placement(config.ray_image, head, config.pool(pool) if pool else None)
+    return lambda pool: Placement(
+        config.ray_image, head, config.pool(pool) if pool else None, config.ray_version
+    )
 
 
 def rayjob_name(owner_name: str, attempt: int) -> str:
@@ -99,6 +102,17 @@ def pod_template(
         if pool.tolerations:
             spec["tolerations"] = list(pool.tolerations)
     return {"spec": spec}
+
+
+def cluster_spec(placement: Placement, workers: dict[str, Any]) -> dict[str, Any]:
+    """A RayCluster spec: the head, one worker group, and the Ray version KubeRay starts them
+    with (without it KubeRay cannot tell which `ray start` flags the image takes, and the
+    RayJob waits in Initializing with the error only in KubeRay's log)."""
+    return {
+        "rayVersion": placement.ray_version,
+        "headGroupSpec": head_group(placement),
+        "workerGroupSpecs": [workers],
+    }
 
 
 def head_group(placement: Placement) -> dict[str, Any]:
@@ -136,10 +150,8 @@ def worker_group(
         gpu_resource = pool.gpu_resource if pool else "nvidia.com/gpu"
         requests[gpu_resource] = str(gpus)
         start_params["num-gpus"] = str(gpus)
-    if pool:
-        start_params["labels"] = f"{RAY_POOL_LABEL}={pool.name}"
     initial, least, most = replicas
-    return {
+    group: dict[str, Any] = {
         "groupName": pool.name if pool else "workers",
         "replicas": initial,
         "minReplicas": least,
@@ -149,6 +161,11 @@ def worker_group(
             "ray-worker", placement.image, {"requests": requests, "limits": dict(requests)}, pool
         ),
     }
+    if pool:
+        # KubeRay passes the group's `labels` to `ray start --labels` (and onto the pods); it
+        # refuses the same labels given in rayStartParams.
+        group["labels"] = {RAY_POOL_LABEL: pool.name}
+    return group
 
 
 def render_rayjob(launch: Launch, placement: Placement) -> dict[str, Any]:
@@ -166,18 +183,16 @@ def render_rayjob(launch: Launch, placement: Placement) -> dict[str, Any]:
         "ttlSecondsAfterFinished": placement.ttl_seconds_after_finished,
         # Kueue admits a suspended RayJob by unsuspending it; without Kueue it starts at once.
         "suspend": bool(launch.queue_name),
-        "rayClusterSpec": {
-            "headGroupSpec": head_group(placement),
-            "workerGroupSpecs": [
-                worker_group(
-                    placement,
-                    (workers, workers, workers),
-                    per_worker.cpu,
-                    per_worker.memory,
-                    per_worker.gpu,
-                )
-            ],
-        },
+        "rayClusterSpec": cluster_spec(
+            placement,
+            worker_group(
+                placement,
+                (workers, workers, workers),
+                per_worker.cpu,
+                per_worker.memory,
+                per_worker.gpu,
+            ),
+        ),
     }
     if launch.metadata:
         spec["metadata"] = dict(launch.metadata)
@@ -228,7 +243,7 @@ def _job_state(status: dict[str, Any]) -> JobState:
     reason = status.get("reason", "")
     message = status.get("message", "")
     detail = f"{reason}: {message}" if reason and message else reason or message
-    if deployment == "Failed" or job == "FAILED":
+    if deployment in ("Failed", "ValidationFailed") or job == "FAILED":
         return JobState("FAILED", detail or "RayJob failed", reason)
     if deployment == "Complete" and job == "SUCCEEDED":
         return JobState("SUCCEEDED", detail)

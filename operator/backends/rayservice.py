@@ -31,7 +31,7 @@ from mlplane.operator.backends.kuberay import (
     RAY_VERSION,
     Placement,
     cluster_problem,
-    head_group,
+    cluster_spec,
     owner_reference,
     worker_group,
 )
@@ -77,10 +77,8 @@ def rayservice_spec(application: dict[str, Any], placement: Placement) -> dict[s
         str(int(memory)) if memory else None,
         int(options.get("num_gpus", 0)),
     )
-    cluster: dict[str, Any] = {
-        "headGroupSpec": _with_serve_env(head_group(placement)),
-        "workerGroupSpecs": [_with_serve_env(workers)],
-    }
+    cluster = cluster_spec(placement, _with_serve_env(workers))
+    _with_serve_env(cluster["headGroupSpec"])
     if most > least:
         # Serve's autoscaler asks Ray for replicas; Ray's asks KubeRay for worker pods.
         cluster["enableInTreeAutoscaling"] = True

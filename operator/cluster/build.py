@@ -28,6 +28,9 @@ ETCD_VERSION = "v3.6.8"
 KWOK_VERSION = "v0.8.0"
 # Helm renders and lints the chart in helm/; built like the rest, into its own versioned directory.
 HELM_VERSION = "v4.3.1"
+# KubeRay's operator runs in the local cluster so the kuberay backend meets the controller users
+# run, not a stand-in; its CRDs come from the same module, never written by hand.
+KUBERAY_VERSION = "v1.5.0"
 # The `go` directive of KUBERNETES_VERSION and KWOK_VERSION; GOTOOLCHAIN=local forbids fetching it.
 MINIMUM_GO = (1, 26)
 
@@ -37,11 +40,13 @@ BINARIES = (*KUBERNETES_COMMANDS, "etcd", "kwok")
 # kwok runs no lifecycle at all without Stage objects; these are the ones `kwokctl` uses by default
 # (fast node start, lease heartbeats, pods Running at once), read from the pinned kwok module itself
 # so they always match the binary.
+# `kwokctl`'s pod-complete stage is left out: it ends every pod a Job owns at once, so KubeRay's
+# submitter would report a Ray job finished that never ran. Pods run until deleted; a test writes
+# what the work inside reached.
 KWOK_STAGE_FILES = (
     "kustomize/stage/node/fast/node-initialize.yaml",
     "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
     "kustomize/stage/pod/fast/pod-ready.yaml",
-    "kustomize/stage/pod/fast/pod-complete.yaml",
     "kustomize/stage/pod/fast/pod-delete.yaml",
 )
 KWOK_STAGES_NAME = "kwok-stages.yaml"
@@ -177,10 +182,24 @@ class GoTool:
     package: str
     version: str
     ldflags: str = LDFLAGS
+    files: tuple[str, ...] = ()
+    """Files of the module kept beside the binary (paths inside the module), e.g. its CRDs."""
+
+    @property
+    def home(self) -> Path:
+        return cache_root() / f"{self.name}-{self.version}"
 
     @property
     def binary(self) -> Path:
-        return cache_root() / f"{self.name}-{self.version}" / "bin" / self.name
+        return self.home / "bin" / self.name
+
+    def file(self, path: str) -> Path:
+        """The cached copy of one of `files`."""
+        return self.home / "files" / path
+
+    @property
+    def cached(self) -> bool:
+        return self.binary.is_file() and all(self.file(path).is_file() for path in self.files)
 
 
 HELM = GoTool(
@@ -193,21 +212,38 @@ HELM = GoTool(
 )
 
 
+KUBERAY = GoTool(
+    "kuberay-operator",
+    "github.com/ray-project/kuberay/ray-operator",
+    "github.com/ray-project/kuberay/ray-operator",
+    KUBERAY_VERSION,
+    files=tuple(
+        f"config/crd/bases/ray.io_{plural}.yaml"
+        for plural in ("rayclusters", "rayjobs", "rayservices")
+    ),
+)
+
+
 def ensure_tool(tool: GoTool, log: Log = print) -> tuple[Path, bool]:
     """The tool's binary, and whether this call had to build it (helm: 10 min on a busy
     2-core machine, the first time only)."""
-    if tool.binary.is_file():
+    if tool.cached:
         return tool.binary, False
-    home = tool.binary.parent.parent
-    home.mkdir(parents=True, exist_ok=True)
-    with _locked(home / ".lock"):
-        if tool.binary.is_file():
+    tool.home.mkdir(parents=True, exist_ok=True)
+    with _locked(tool.home / ".lock"):
+        if tool.cached:
             return tool.binary, False
-        log(f"building {tool.name} {tool.version} into {home}: once per machine")
-        module = home / "src"
+        log(f"building {tool.name} {tool.version} into {tool.home}: once per machine")
+        go = find_go()
+        module = tool.home / "src"
         _write_module(module, f"{tool.name}build", tool.module, tool.version)
+        if tool.files:
+            source = _module_source(go, module, tool.module, tool.version)
+            for path in tool.files:
+                tool.file(path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / path, tool.file(path))
         commands = {tool.name: tool.package}
-        _go_build(find_go(), module, tool.binary.parent, commands, tool.ldflags, log)
+        _go_build(go, module, tool.binary.parent, commands, tool.ldflags, log)
     return tool.binary, True
 
 
@@ -281,11 +317,13 @@ def _pin_staging_modules(go: Path, module: Path) -> None:
         handle.write("\nreplace (\n" + "\n".join(lines) + "\n)\n")
 
 
+def _module_source(go: Path, cwd: Path, module: str, version: str) -> Path:
+    """The files of `module@version`, in Go's module cache (downloaded there if needed)."""
+    return Path(_go_json(go, cwd, ["mod", "download", "-json", f"{module}@{version}"])["Dir"])
+
+
 def _write_kwok_stages(go: Path, destination: Path) -> None:
-    info = _go_json(
-        go, destination.parent, ["mod", "download", "-json", f"sigs.k8s.io/kwok@{KWOK_VERSION}"]
-    )
-    source = Path(info["Dir"])
+    source = _module_source(go, destination.parent, "sigs.k8s.io/kwok", KWOK_VERSION)
     docs = [(source / name).read_text().strip() for name in KWOK_STAGE_FILES]
     partial = destination.with_suffix(".partial")
     partial.write_text("\n---\n".join(docs) + "\n")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mlplane.operator.cluster.build import HELM, BuildError, ensure_parts, ensure_tool
+from mlplane.operator.cluster.build import HELM, KUBERAY, BuildError, ensure_parts, ensure_tool
 from mlplane.operator.cluster.controlplane import ControlPlane, ControlPlaneError
 
 app = typer.Typer(
@@ -42,17 +42,19 @@ def _echo(message: str) -> None:
 
 @app.command()
 def build() -> None:
-    """Build the Go parts and helm into the cache (once per machine; later runs build nothing).
+    """Build the Go parts, KubeRay's operator and helm into the cache (once per machine; later
+    runs build nothing).
 
     Prints the directories of the binaries as a PATH list: `export PATH=$(mlplane cluster
     build):$PATH` puts kubectl and helm on the PATH."""
     try:
         parts = ensure_parts(_echo)
-        helm, helm_built = ensure_tool(HELM, _echo)
+        tools = {tool.name: ensure_tool(tool, _echo) for tool in (KUBERAY, HELM)}
     except BuildError as error:
         _echo(str(error))
         raise typer.Exit(1) from error
-    built = [*parts.built, *(["helm"] if helm_built else [])]
+    built = [*parts.built, *(name for name, (_, fresh) in tools.items() if fresh)]
+    helm = tools[HELM.name][0]
     _echo(f"built {', '.join(built)}" if built else "cached: built nothing")
     typer.echo(os.pathsep.join([str(parts.bin_dir), str(helm.parent)]))
 
@@ -63,7 +65,8 @@ def up(
     nodepools: PoolsFile = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for ready.")] = 120.0,
 ) -> None:
-    """Start etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on loopback."""
+    """Start etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and KubeRay's
+    operator on loopback."""
     plane = ControlPlane(state_dir)
     try:
         plane.up(_echo, timeout=timeout, pools_file=nodepools)

@@ -1,4 +1,6 @@
-"""Start, check and stop the local control plane: etcd, the three Kubernetes components and kwok.
+"""Start, check and stop the local control plane: etcd, the three Kubernetes components, kwok and
+KubeRay's operator (with KubeRay's own CRDs), so the kuberay backend meets the controller it meets
+on a real cluster.
 
 Everything listens on 127.0.0.1 at ports chosen free at start, so several control planes (the test
 session's and a developer's) can run side by side. Every process is started in its own session and
@@ -29,12 +31,19 @@ import yaml
 
 from mlplane.operator import embedded
 from mlplane.operator.cluster import nodepools, pki
-from mlplane.operator.cluster.build import Parts, cache_root, ensure_parts
+from mlplane.operator.cluster.build import KUBERAY, Parts, cache_root, ensure_parts, ensure_tool
 
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
-# Order matters twice: started in this order, stopped in reverse (kwok first, etcd last).
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Order matters twice: started in this order, stopped in reverse (KubeRay first, etcd last).
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    KUBERAY.name,
+)
 Log = Callable[[str], None]
 
 
@@ -168,6 +177,7 @@ class ControlPlane:
         """
         pools = nodepools.load(pools_file)
         parts = ensure_parts(log)
+        ensure_tool(KUBERAY, log)
         if parts.built:
             log(f"built {', '.join(parts.built)} in {parts.seconds:.0f}s")
         else:
@@ -201,7 +211,7 @@ class ControlPlane:
                 target.unlink(missing_ok=True)
         (self.state_dir / "logs").mkdir()
         ports = _free_ports(
-            ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")
+            ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok", "kuberay")
         )
         nodes = pools.node_manifests()
         state = State(ports=ports, nodes=[node["metadata"]["name"] for node in nodes])
@@ -212,8 +222,13 @@ class ControlPlane:
             client.stem: self._write_kubeconfig(client, server) for client in pki.CLIENTS
         }
 
-        def start(name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-            state.processes.append(self._spawn(name, parts.binary(name), args, env))
+        def start(
+            name: str,
+            args: list[str],
+            env: dict[str, str] | None = None,
+            binary: Path | None = None,
+        ) -> None:
+            state.processes.append(self._spawn(name, binary or parts.binary(name), args, env))
             state.write(self._state_file)
 
         log(f"starting etcd, kube-apiserver on {server}")
@@ -239,6 +254,19 @@ class ControlPlane:
         self._wait(deadline, "kwok", lambda: self._count_ready_nodes(state.nodes) == len(nodes))
         # The controller-manager creates each namespace's `default` ServiceAccount; pods need it.
         self._wait(deadline, "kube-controller-manager", self._default_service_account_exists)
+        log("installing KubeRay's CRDs, starting its operator")
+        crds = [self._create_crd(KUBERAY.file(path)) for path in KUBERAY.files]
+        for crd in crds:
+            self._wait(deadline, "kube-apiserver", lambda crd=crd: self._established(crd))
+        start(
+            KUBERAY.name,
+            self._kuberay_args(ports),
+            {"KUBECONFIG": str(self.kubeconfig)},
+            binary=KUBERAY.binary,
+        )
+        self._wait(
+            deadline, KUBERAY.name, lambda: _http_ok(f"http://127.0.0.1:{ports['kuberay']}/readyz")
+        )
 
     def _spawn(
         self, name: str, binary: Path, args: list[str], env: dict[str, str] | None
@@ -364,6 +392,17 @@ class ControlPlane:
             f"--server-address=127.0.0.1:{ports['kwok']}",
         ]
 
+    def _kuberay_args(self, ports: dict[str, int]) -> list[str]:
+        return [
+            f"--health-probe-bind-address=127.0.0.1:{ports['kuberay']}",
+            "--metrics-addr=0",  # controller-runtime's "off"
+            "--enable-leader-election=false",
+            # Outside the cluster network, as an operator on a laptop is: Ray heads are reached
+            # through the API server's service proxy.
+            "--use-kubernetes-proxy",
+            "--log-stdout-encoder=console",
+        ]
+
     def _write_kubeconfig(self, client: pki.Client, server: str) -> Path:
         """Admin kubeconfig at the top, one per component under `kubeconfigs/`; data embedded so
         the file works copied anywhere on this machine."""
@@ -413,7 +452,7 @@ class ControlPlane:
         context.load_cert_chain(self.pki.client_cert(pki.ADMIN), self.pki.client_key(pki.ADMIN))
         return context
 
-    def _api(self, method: str, path: str, body: Any = None) -> Any:
+    def _api(self, method: str, path: str, body: Any = None, timeout: float = 5) -> Any:
         """A tiny admin client: starting stays free of the `kubernetes` package's import cost."""
         port = State.read(self._state_file).ports["apiserver"]
         request = urllib.request.Request(
@@ -422,7 +461,9 @@ class ControlPlane:
             data=None if body is None else json.dumps(body).encode(),
             headers={"Content-Type": "application/json", "Accept": "application/json"},
         )
-        with urllib.request.urlopen(request, context=self._ssl_context(), timeout=5) as response:
+        with urllib.request.urlopen(
+            request, context=self._ssl_context(), timeout=timeout
+        ) as response:
             payload = response.read()
         return json.loads(payload) if payload[:1] == b"{" else payload.decode()
 
@@ -451,6 +492,19 @@ class ControlPlane:
             )
         )
         return ready
+
+    def _create_crd(self, path: Path) -> str:
+        """Create the CRD in `path` (a fresh cluster has none); its name."""
+        body = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)  # ~1 MiB each
+        self._api(
+            "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", body, timeout=60
+        )
+        return body["metadata"]["name"]
+
+    def _established(self, crd: str) -> bool:
+        found = self._api("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}")
+        conditions = found.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     def _default_service_account_exists(self) -> bool:
         return bool(self._api("GET", "/api/v1/namespaces/default/serviceaccounts/default"))
@@ -492,6 +546,7 @@ class ControlPlane:
             ),
             "kube-scheduler": lambda: _http_ok(f"https://127.0.0.1:{ports['scheduler']}/healthz"),
             "kwok": lambda: _http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"),
+            KUBERAY.name: lambda: _http_ok(f"http://127.0.0.1:{ports['kuberay']}/readyz"),
         }
         try:
             return checks[name]()

@@ -212,6 +212,7 @@ def test_cached_up_is_ready_in_seconds_and_down_leaves_no_process(
             "kube-controller-manager",
             "kube-scheduler",
             "kwok",
+            "kuberay-operator",
         }
         assert all(_alive(r) for r in records)
     finally:

@@ -1,8 +1,11 @@
 """What the kuberay backend puts on the cluster, and how it reads KubeRay's status back."""
 
+import importlib.metadata
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 from urllib3.exceptions import HTTPError
 
@@ -56,12 +59,10 @@ def test_workers_land_on_the_gpu_pool_and_tolerate_its_taint() -> None:
     resources = pod["containers"][0]["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == "4"
     assert resources["requests"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "4"}
-    # The Ray node label lets Serve replicas (and anything else) select the pool.
-    assert group["rayStartParams"] == {
-        "num-cpus": "4",
-        "num-gpus": "4",
-        "labels": "mlplane.dev/pool=a100",
-    }
+    assert group["rayStartParams"] == {"num-cpus": "4", "num-gpus": "4"}
+    # The Ray node label lets Serve replicas (and anything else) select the pool. KubeRay 1.5
+    # refuses it inside rayStartParams: it goes in the group's own labels.
+    assert group["labels"] == {"mlplane.dev/pool": "a100"}
 
 
 def test_head_runs_on_the_cpu_pool_without_gpus() -> None:
@@ -107,6 +108,15 @@ def test_kueue_gets_a_suspended_labelled_rayjob() -> None:
             "DeadlineExceeded",
         ),
         ({"jobDeploymentStatus": "Complete", "jobStatus": "FAILED"}, "FAILED", ""),
+        (
+            {
+                "jobDeploymentStatus": "ValidationFailed",
+                "reason": "ValidationFailed",
+                "message": "The RayJob metadata is invalid: ...",
+            },
+            "FAILED",
+            "ValidationFailed",
+        ),
     ],
 )
 def test_status_mapping(status: dict | None, expected: str, reason: str) -> None:
@@ -203,3 +213,16 @@ def test_a_rayjob_the_watch_has_seen_is_observed_without_asking_the_api_server()
     for ref in (AttemptRef("mlplane-u1-3", owner, 3), AttemptRef("mlplane-other-2", owner, 2)):
         with pytest.raises(HTTPError):
             backend.state(ref)
+
+
+def test_the_readme_operator_config_loads_and_names_the_ray_version(monkeypatch) -> None:
+    repo = Path(__file__).parents[2]
+    monkeypatch.chdir(repo)  # the block names its node-pool file relative to the checkout
+    readme = (repo / "README.md").read_text()
+    block = readme.split("```yaml\nbackend: kuberay", 1)[1].split("```", 1)[0]
+    config = OperatorConfig.model_validate(yaml.safe_load("backend: kuberay" + block))
+    assert config.ray_version == "2.60.0"
+    rayjob = render_rayjob(launch(), placements(config)("a100"))
+    assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
+    # Unset, it is the operator's own Ray: the one the mlplane image carries.
+    assert OperatorConfig().ray_version == importlib.metadata.version("ray")

@@ -65,7 +65,8 @@ def test_one_worker_per_replica_on_the_replicas_pool() -> None:
         "memory": str(2 * 1024**3),
         "nvidia.com/gpu": "1",
     }
-    assert group["rayStartParams"]["labels"] == "mlplane.dev/pool=t4"
+    assert group["labels"] == {"mlplane.dev/pool": "t4"}
+    assert "labels" not in group["rayStartParams"]
     head = cluster["headGroupSpec"]["template"]["spec"]
     assert head["nodeSelector"] == {"mlplane.dev/pool": "cpu"}
     # Serve's controller and proxy run on the head, replicas on the workers: both read the mode.

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from mlplane.crds.trainingjob import TrainingJob
 from mlplane.operator.admission import AdmitAll, Decision, Work
+from mlplane.operator.backends.base import JobState
 from mlplane.operator.config import NodePool, OperatorConfig
 from mlplane.operator.lifecycle import submission_id
 from mlplane.operator.status import condition
@@ -150,6 +151,20 @@ def test_failure_retries_then_fails_with_the_error(parts, writer) -> None:
     assert failed.reason == "TrainingFailed"
     assert "attempt 2 of 2 failed: ValueError: bad column" in failed.message
     assert job.status.attempts == 2
+
+
+def test_a_child_the_backend_refuses_fails_at_once_without_a_retry(parts) -> None:
+    reconciler, backend, _ = parts
+    job = step(reconciler, make_job(retries=2))
+    refusal = "ValidationFailed: RayJob name should be a valid DNS1035 label"
+    backend.details[job.status.ray.submission_id] = JobState("FAILED", refusal, "ValidationFailed")
+    backend.logs = refusal
+    job = step(reconciler, job)
+    assert job.status.phase == "Failed" and job.status.attempts == 1
+    failed = condition(job.status.conditions, "Failed")
+    assert failed.reason == "ValidationFailed"
+    assert "RayJob name should be a valid DNS1035 label" in failed.message
+    assert len(backend.submissions) == 1
 
 
 def test_error_from_logs_when_the_runner_could_not_tag(parts) -> None:
