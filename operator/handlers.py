@@ -29,7 +29,9 @@ from mlplane.operator.backends.kuberay import (
     RAY_GROUP,
     RAY_VERSION,
     SUBMISSION_LABEL,
+    ClusterProblems,
     ObservedRayJobs,
+    pod_problem,
     unobserved,
 )
 from mlplane.operator.config import API_SERVER_REQUESTS, RECONCILE_THREADS, OperatorConfig
@@ -220,6 +222,33 @@ def _observed_rayjobs(index: kopf.Index[tuple[str, str], dict[str, Any]]) -> Obs
     return observed
 
 
+RAY_PODS_INDEX = "ray_pod_problems"
+
+
+def _register_ray_pods_index(registry: kopf.OperatorRegistry) -> None:
+    """Why a RayCluster cannot start, by (namespace, cluster), from the watch of Ray pods: only
+    pods with a problem are kept, so the index stays as small as the trouble."""
+
+    @kopf.index(
+        "v1",
+        "pods",
+        id=RAY_PODS_INDEX,
+        labels={"ray.io/is-ray-node": "yes"},
+        registry=registry,
+    )
+    async def ray_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], tuple[str, str]]:
+        cluster = body.meta.labels.get("ray.io/cluster")
+        problem = pod_problem(body)
+        return {(body.meta.namespace, cluster): problem} if cluster and problem else {}
+
+
+def _cluster_problems(index: kopf.Index[tuple[str, str], tuple[str, str]]) -> ClusterProblems:
+    def problems(namespace: str, cluster: str) -> tuple[str, str] | None:
+        return next(iter(index.get((namespace, cluster), ())), None)
+
+    return problems
+
+
 def _kube_client() -> client.ApiClient:
     """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG, as kubectl does. One connection per
     reconcile thread, so none is opened (a TLS handshake) only to be discarded."""
@@ -320,6 +349,11 @@ def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.Ope
             observed_rayjobs=(
                 _observed_rayjobs(kwargs[RAYJOBS_INDEX]) if RAYJOBS_INDEX in kwargs else unobserved
             ),
+            cluster_problems=(
+                _cluster_problems(kwargs[RAY_PODS_INDEX])
+                if RAY_PODS_INDEX in kwargs
+                else unobserved
+            ),
             secrets=_secret_data,
         )
 
@@ -329,5 +363,6 @@ def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.Ope
         _register_runs_index(registry, kind, index_id)
     if config.backend == "kuberay":  # without KubeRay there are no RayJobs to watch
         _register_rayjobs_index(registry)
+        _register_ray_pods_index(registry)
 
     return registry

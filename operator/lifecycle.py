@@ -113,6 +113,8 @@ class RunReconciler(ABC, Generic[S]):
     kind: str
     runner_command: str
     """The `python -m mlplane.training` subcommand: train or tune."""
+    spec_path = "spec"
+    """Where the TrainingJob spec the runner gets sits in the resource, for field-named errors."""
 
     def __init__(
         self,
@@ -175,7 +177,11 @@ class RunReconciler(ABC, Generic[S]):
         if step.status.phase in TERMINAL_PHASES:
             return step
         if step.status.phase is None:
-            problems = self.problems(resource) + self._queue_problems(resource)
+            problems = [
+                *self.problems(resource),
+                *self._queue_problems(resource),
+                *self._code_problems(resource),
+            ]
             if problems:
                 self._fail(step, resource, "InvalidSpec", "; ".join(problems))
                 return step
@@ -262,6 +268,22 @@ class RunReconciler(ABC, Generic[S]):
                 f"{self.backend.name!r} backend, not 'kuberay'"
             ]
         return []
+
+    def _code_problems(self, resource: Any) -> list[str]:
+        """Custom code must reach the Ray pods: KubeRay's pods cannot read the operator's disk."""
+        user = self.training_spec(resource).runtime_env
+        if self.backend.name != "kuberay" or user is None:
+            return []
+        fields = {"workingDir": [user.working_dir] if user.working_dir else []}
+        fields["pyModules"] = list(user.py_modules)
+        return [
+            f"{self.spec_path}.runtimeEnv.{name}: {value!r} is a path on the operator's machine, "
+            "which the kuberay backend's Ray pods cannot read; name a remote .zip (s3://, gs:// "
+            "or https://)"
+            for name, values in fields.items()
+            for value in values
+            if "://" not in value or value.startswith("file://")
+        ]
 
     def _decide(self, resource: Any) -> Decision:
         """mlplane's GPU ledger decides, unless the resource names a Kueue LocalQueue."""

@@ -13,6 +13,7 @@ from mlplane.operator.backends.aws import SecretReader, no_secrets
 from mlplane.operator.backends.base import TrainingBackend
 from mlplane.operator.backends.kuberay import (
     RAY_POOL_LABEL,
+    ClusterProblems,
     KubeRayBackend,
     ObservedRayJobs,
     placements,
@@ -52,13 +53,15 @@ class Runtime:
         kube: client.ApiClient | None = None,
         observed_runs: Callable[[], Observed] | None = None,
         observed_rayjobs: ObservedRayJobs = unobserved,
+        cluster_problems: ClusterProblems = unobserved,
         secrets: SecretReader = no_secrets,
     ) -> Runtime:
         """Connect to Ray (or KubeRay) and MLflow, starting local ones where none is configured.
 
         With `kube` (the operator), work is admitted by the GPU ledger, rebuilt from
         `observed_runs` before its first decision; without (`mlplane run`), all work starts.
-        `observed_rayjobs` is the operator's watch of RayJobs (kuberay backend).
+        `observed_rayjobs` and `cluster_problems` are the operator's watches of RayJobs and Ray
+        pods (kuberay backend).
         `secrets` reads the Secrets SageMaker deployments name for their AWS credentials.
         """
         mlflow_uri = config.mlflow_tracking_uri or embedded.start_local_mlflow(
@@ -76,8 +79,8 @@ class Runtime:
             if kube is None:
                 raise ValueError("the kuberay backend needs a Kubernetes API client")
             placement = placements(config)
-            backend = KubeRayBackend(kube, placement, observed=observed_rayjobs)
-            serving = RayServiceBackend(kube, placement)
+            backend = KubeRayBackend(kube, placement, observed_rayjobs, cluster_problems)
+            serving = RayServiceBackend(kube, placement, cluster_problems)
         else:
             # Imported here: Ray's client adds 35 MiB to an operator that launches through KubeRay.
             from mlplane.operator.backends.ray import RayJobsBackend

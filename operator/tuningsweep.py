@@ -27,13 +27,14 @@ TRIAL_STATES = ("completed", "running", "failed", "pruned")
 class TuningSweepReconciler(RunReconciler[TuningSweepStatus]):
     kind = "TuningSweep"
     runner_command = "tune"
+    spec_path = "spec.template"
 
     def new_status(self) -> TuningSweepStatus:
         return TuningSweepStatus()
 
     def problems(self, sweep: TuningSweep) -> list[str]:
         return resource_problems(
-            sweep.spec.template.resources, self.config, "spec.template.resources"
+            sweep.spec.template.resources, self.config, f"{self.spec_path}.resources"
         )
 
     def gpus(self, sweep: TuningSweep) -> tuple[str, int]:

@@ -6,16 +6,17 @@ an attempt is found again by name (`<resource>-a<attempt>`, readable in `kubectl
 its `mlplane.dev/submission-id` label tells it apart from a same-named RayJob a deleted resource
 left behind.
 
-KubeRay reports a RayJob that cannot start as `Initializing` for as long as it cannot start: the
-reason (an image that cannot be pulled, a pod the namespace's ResourceQuota forbids) sits in the
-RayCluster conditions it copies into `status.rayClusterStatus`. `job_state` lifts those out, so
-the resource says why instead of waiting silently.
+KubeRay reports a RayJob that cannot start as `Initializing` for as long as it cannot start. The
+reason sits in the RayCluster conditions it copies into `status.rayClusterStatus` (a pod the
+namespace's ResourceQuota forbids), which `job_state` lifts out, or only on the pods (one no node
+fits, an image that cannot be pulled), which `pod_problem` reads from the operator's watch of Ray
+pods: the resource says why instead of waiting silently.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -259,8 +260,37 @@ def _job_state(status: dict[str, Any]) -> JobState:
     return JobState("PENDING", detail or deployment or "waiting for the RayCluster")
 
 
+def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when a Ray pod cannot start by waiting, else None: the scheduler finds
+    no node for it (Unschedulable, with the scheduler's count of nodes and why each was ruled
+    out), or one of its containers is stuck on its image or configuration (ImagePullBackOff and
+    the like). KubeRay leaves its RayJob in Initializing either way."""
+    name = pod.get("metadata", {}).get("name", "?")
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
+            "PodScheduled",
+            "False",
+            "Unschedulable",
+        ):
+            return "Unschedulable", f"pod {name}: {condition.get('message', 'no node fits')}"
+    containers = [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]
+    for container in containers:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in POD_PROBLEMS:
+            return waiting["reason"], f"pod {name}: {waiting.get('message') or waiting['reason']}"
+    return None
+
+
 ObservedRayJobs = Callable[[str, str], dict[str, Any] | None]
 """(namespace, name) → the RayJob as last seen by the operator's watch, or None if not seen."""
+
+ClusterProblems = Callable[[str, str], tuple[str, str] | None]
+"""(namespace, RayCluster name) → the `pod_problem` of one of its pods, from the operator's watch
+of Ray pods; None when none has one (or nothing watches)."""
 
 
 def unobserved(namespace: str, name: str) -> None:
@@ -281,14 +311,17 @@ class KubeRayBackend:
         api: client.ApiClient,
         placement_for: Callable[[str | None], Placement],
         observed: ObservedRayJobs = unobserved,
+        cluster_problems: ClusterProblems = unobserved,
     ):
         """`placement_for` maps a node pool name (None: unset) to where pods go. `observed` is
         the operator's watch of RayJobs: a RayJob it has seen is read from there, so a thousand
         runs observed every few seconds cost the API server nothing; one it has not seen yet
-        (just created, or deleted) is read from the API server."""
+        (just created, or deleted) is read from the API server. `cluster_problems` is its watch
+        of Ray pods: why a RayCluster KubeRay waits on cannot start."""
         self.objects = client.CustomObjectsApi(api)
         self.placement_for = placement_for
         self.observed = observed
+        self.cluster_problems = cluster_problems
 
     def submit(self, launch: Launch) -> str:
         body = render_rayjob(launch, self.placement_for(launch.resources.node_pool))
@@ -327,7 +360,14 @@ class KubeRayBackend:
         rayjob = self._get(ref)
         if rayjob is None:
             return JobState("MISSING")
-        return job_state(rayjob.get("status"))
+        status = rayjob.get("status") or {}
+        state = job_state(status)
+        cluster = status.get("rayClusterName")
+        if state.status == "PENDING" and not state.reason and cluster:
+            problem = self.cluster_problems(ref.owner.namespace, cluster)
+            if problem:
+                return replace(state, reason=problem[0], message=problem[1])
+        return state
 
     def logs_tail(self, ref: AttemptRef, lines: int = 20) -> str:
         """KubeRay's message: the operator reads no pod logs (the runner's error is in MLflow)."""

@@ -29,10 +29,12 @@ from mlplane.operator.backends.kuberay import (
     RAY_GROUP,
     RAY_POOL_LABEL,
     RAY_VERSION,
+    ClusterProblems,
     Placement,
     cluster_problem,
     cluster_spec,
     owner_reference,
+    unobserved,
     worker_group,
 )
 from mlplane.operator.backends.serve import AppState, read_metrics, same_config
@@ -135,8 +137,11 @@ def _contains(current: Any, wanted: Any) -> bool:
     return same_config({"v": current}, {"v": wanted})
 
 
-def app_state(rayservice: dict[str, Any] | None, app: str) -> AppState:
-    """A RayService's status in the terms of Serve's own application status.
+def app_state(
+    rayservice: dict[str, Any] | None, app: str, pods: tuple[str, str] | None = None
+) -> AppState:
+    """A RayService's status in the terms of Serve's own application status; `pods` is why one
+    of its clusters' pods cannot start (`pod_problem`), which KubeRay's status does not say.
 
     `config` is set only once KubeRay has acted on the latest spec and no new cluster is being
     rolled out: only then is the spec's application what Serve runs.
@@ -146,8 +151,10 @@ def app_state(rayservice: dict[str, Any] | None, app: str) -> AppState:
     status = rayservice.get("status") or {}
     active = status.get("activeServiceStatus") or {}
     pending = status.get("pendingServiceStatus") or {}
-    problem = cluster_problem(active.get("rayClusterStatus")) or cluster_problem(
-        pending.get("rayClusterStatus")
+    problem = (
+        cluster_problem(active.get("rayClusterStatus"))
+        or cluster_problem(pending.get("rayClusterStatus"))
+        or pods
     )
     found = (active.get("applicationStatuses") or {}).get(app)
     if found is None:
@@ -182,10 +189,13 @@ class RayServiceBackend:
         self,
         api: client.ApiClient,
         placement_for: Callable[[str | None], Placement],
+        cluster_problems: ClusterProblems = unobserved,
         timeout_seconds: float = 5.0,
     ) -> None:
+        """`cluster_problems` is the operator's watch of Ray pods (see KubeRayBackend)."""
         self.objects = client.CustomObjectsApi(api)
         self.placement_for = placement_for
+        self.cluster_problems = cluster_problems
         self.timeout = timeout_seconds
         self.session = requests.Session()
         # route prefix → (namespace, name): learnt from every application read or written.
@@ -239,7 +249,18 @@ class RayServiceBackend:
         application = deployed_application(rayservice) if rayservice else None
         if application:
             self._remember(application)
-        return app_state(rayservice, name)
+        return app_state(rayservice, name, self._pods_problem(rayservice))
+
+    def _pods_problem(self, rayservice: dict[str, Any] | None) -> tuple[str, str] | None:
+        """Why a pod of the cluster being rolled out (or else of the serving one) cannot start."""
+        status = (rayservice or {}).get("status") or {}
+        for side in ("pendingServiceStatus", "activeServiceStatus"):
+            cluster = (status.get(side) or {}).get("rayClusterName")
+            if cluster and (
+                problem := self.cluster_problems(rayservice["metadata"]["namespace"], cluster)
+            ):
+                return problem
+        return None
 
     def metrics(self, route_prefix: str, window_seconds: float) -> dict[str, Any] | None:
         return read_metrics(self.session, self.url(route_prefix), window_seconds, self.timeout)

@@ -96,18 +96,18 @@ def namespaces(
 
     yield make
     for resources in made:
-        objects = resources.objects
-        objects.delete_collection_namespaced_custom_object(
-            GROUP, VERSION, resources.namespace, "trainingjobs"
-        )
-        wait_for(
-            lambda r=resources: (
-                not r.objects.list_namespaced_custom_object(
-                    GROUP, VERSION, r.namespace, "trainingjobs"
-                )["items"]
-            ),
-            30,
-        )
+        for plural in ("trainingjobs", "tuningsweeps"):
+            resources.objects.delete_collection_namespaced_custom_object(
+                GROUP, VERSION, resources.namespace, plural
+            )
+            wait_for(
+                lambda r=resources, plural=plural: (
+                    not r.objects.list_namespaced_custom_object(
+                        GROUP, VERSION, r.namespace, plural
+                    )["items"]
+                ),
+                30,
+            )
         core.delete_namespace(resources.namespace)
 
 
@@ -309,6 +309,53 @@ def test_a_rayjob_kuberay_refuses_fails_the_job_with_kuberays_message(
     assert rayjobs(team) == ["7day-churn-a1"]
 
 
+def test_a_sweep_runs_its_parallel_trials_on_one_kuberay_cluster(
+    namespaces: Callable[[str], Resources], k8s_api: client.ApiClient
+) -> None:
+    team = namespaces(f"kuberay-sweep-{SUFFIX}")
+    template = training_job("template")["spec"]  # 1 worker x 4 a100 GPUs
+    team.apply(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "TuningSweep",
+            "metadata": {"name": "tune"},
+            "spec": {
+                "template": template,
+                "searchSpace": {"eta": {"loguniform": {"low": 0.01, "high": 0.5}}},
+                "objective": {"metric": "val_auc", "mode": "max"},
+                "trials": {"max": 4, "parallel": 2},
+            },
+        }
+    )
+
+    def sweep_phase(*phases: str) -> Callable[[], dict[str, Any]]:
+        def check() -> dict[str, Any]:
+            found = team.get("tuningsweeps", "tune").get("status", {})
+            return found if found.get("phase") in phases else {}
+
+        return check
+
+    starting = wait_for(sweep_phase("Starting"), 30)
+    assert starting["queue"] == {"pool": "a100", "gpus": 8, "position": 0}
+    assert rayjob(team, "tune-a1")["spec"]["entrypoint"].startswith(
+        "python -m mlplane.training tune"
+    )
+    # Two trials at once: KubeRay's cluster has a worker for each, on a100 nodes.
+    cluster = kuberay_reached(team, "tune", "Running")["status"]["rayClusterName"]
+    workers = [
+        pod
+        for pod in pods_of(k8s_api, team.namespace, cluster)
+        if pod.metadata.labels["ray.io/node-type"] == "worker"
+    ]
+    assert sorted(pod.spec.node_name[:5] for pod in workers) == ["a100-", "a100-"]
+
+    ray_job_reports(team, k8s_api, "tune", "RUNNING")
+    wait_for(sweep_phase("Running"), 15)
+    ray_job_reports(team, k8s_api, "tune", "SUCCEEDED")
+    done = wait_for(sweep_phase("Succeeded"), 15)
+    assert conditions(done)["Complete"]["status"] == "True"
+
+
 def test_quota_queues_the_third_job_and_admits_it_when_one_finishes(
     namespaces: Callable[[str], Resources], k8s_api: client.ApiClient
 ) -> None:
@@ -355,6 +402,25 @@ def test_namespace_resource_quota_on_gpus_is_honoured(
     waiting = status(team, "r2")
     assert waiting["phase"] == "Queued"
     assert "uses 4 of its ResourceQuota of 4 GPUs" in conditions(waiting)["Admitted"]["message"]
+
+
+def test_a_cluster_no_node_can_hold_says_so_within_an_interval(
+    namespaces: Callable[[str], Resources],
+) -> None:
+    team = namespaces(f"kuberay-unfit-{SUFFIX}")
+    huge = training_job("huge")
+    huge["spec"]["resources"]["perWorker"]["cpu"] = 200  # a100 nodes have 96
+    team.apply(huge)
+    kuberay_reached(team, "huge", "Initializing")  # and there KubeRay stays, saying nothing
+
+    def unschedulable() -> dict[str, Any]:
+        running = conditions(status(team, "huge")).get("Running", {})
+        return running if running.get("reason") == "Unschedulable" else {}
+
+    stuck = wait_for(unschedulable, KUBERAY_TIMEOUT)
+    assert stuck["status"] == "False"
+    assert "Insufficient cpu" in stuck["message"], stuck["message"]
+    assert status(team, "huge")["phase"] == "Starting"
 
 
 def test_kuberay_ends_a_job_past_its_deadline(namespaces: Callable[[str], Resources]) -> None:

@@ -225,12 +225,15 @@ def test_kuberay_backend_manages_rayjobs_and_rayservices_and_nothing_more(
             "verbs": ["get", "create", "patch", "delete"],
         },
     ]
+    # Ray pods are read, never written: why a RayCluster cannot start (Unschedulable and the like).
+    pods = [r for r in find(docs, "ClusterRole")["rules"] if "pods" in r["resources"]]
+    assert pods == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
     config = operator_config(docs, tmp_path)
     assert config.backend == "kuberay" and config.ray_image == "registry.example/mlplane:1"
     assert config.head_node_pool == "cpu"
     assert config.checkpoint_storage == "s3://bucket/checkpoints"
     rules = find(render(helm), "ClusterRole")["rules"]
-    assert not [r for r in rules if "ray.io" in r["apiGroups"]]
+    assert not [r for r in rules if "ray.io" in r["apiGroups"] or "pods" in r["resources"]]
 
 
 def test_secrets_are_readable_only_when_asked_and_only_to_get(helm: Path) -> None:

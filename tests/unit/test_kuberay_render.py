@@ -18,6 +18,7 @@ from mlplane.operator.backends.kuberay import (
     Placement,
     job_state,
     placements,
+    pod_problem,
     render_rayjob,
 )
 from mlplane.operator.config import NodePool, OperatorConfig
@@ -191,28 +192,95 @@ def test_placements_come_from_the_node_pools() -> None:
     assert placements(pinned)("a100").head_pool == A100
 
 
-def test_a_rayjob_the_watch_has_seen_is_observed_without_asking_the_api_server() -> None:
-    """Timers read the operator's own watch; only a RayJob it has not seen costs a GET."""
+OWNER = Owner("mlplane.dev/v1alpha1", "TrainingJob", "churn", "team-a", "u1")
+
+
+def watched_backend(status: dict, problems: dict | None = None) -> KubeRayBackend:
+    """A backend whose watch has seen RayJob churn-a2 (attempt 2) with `status`, and whose API
+    server cannot be reached: any read that misses the watch fails."""
     unreachable = client.Configuration(host="http://127.0.0.1:1")
     unreachable.retries = False
     seen = {
-        "metadata": {"name": "churn-a2", "namespace": "team-a", "uid": "r1"},
-        "status": {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"},
+        "metadata": {
+            "name": "churn-a2",
+            "namespace": "team-a",
+            "uid": "r1",
+            "labels": {SUBMISSION_LABEL: "mlplane-u1-2"},
+        },
+        "status": status,
     }
-    seen["metadata"]["labels"] = {SUBMISSION_LABEL: "mlplane-u1-2"}
-    watch = {("team-a", "churn-a2"): seen}
-    backend = KubeRayBackend(
+    problems = {} if problems is None else problems
+    return KubeRayBackend(
         client.ApiClient(unreachable),
         lambda pool: Placement("mlplane/runtime:0.1", CPU, A100),
-        observed=lambda namespace, name: watch.get((namespace, name)),
+        observed=lambda namespace, name: (
+            seen if (namespace, name) == ("team-a", "churn-a2") else None
+        ),
+        cluster_problems=lambda namespace, cluster: problems.get((namespace, cluster)),
     )
-    owner = Owner("mlplane.dev/v1alpha1", "TrainingJob", "churn", "team-a", "u1")
-    assert backend.state(AttemptRef("mlplane-u1-2", owner, 2)).status == "RUNNING"
+
+
+def test_a_rayjob_the_watch_has_seen_is_observed_without_asking_the_api_server() -> None:
+    """Timers read the operator's own watch; only a RayJob it has not seen costs a GET."""
+    backend = watched_backend({"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    assert backend.state(AttemptRef("mlplane-u1-2", OWNER, 2)).status == "RUNNING"
     # Not seen (another attempt) or a namesake of another submission: asked for, and here the
     # API server cannot answer.
-    for ref in (AttemptRef("mlplane-u1-3", owner, 3), AttemptRef("mlplane-other-2", owner, 2)):
+    for ref in (AttemptRef("mlplane-u1-3", OWNER, 3), AttemptRef("mlplane-other-2", OWNER, 2)):
         with pytest.raises(HTTPError):
             backend.state(ref)
+
+
+def ray_pod(name: str, **status) -> dict:
+    return {"metadata": {"name": name}, "status": status}
+
+
+def test_a_pod_no_node_fits_is_named_with_the_schedulers_reasons() -> None:
+    unschedulable = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/7 nodes are available: 3 Insufficient cpu.",
+    }
+    assert pod_problem(ray_pod("w", phase="Pending", conditions=[unschedulable])) == (
+        "Unschedulable",
+        "pod w: 0/7 nodes are available: 3 Insufficient cpu.",
+    )
+
+
+def test_a_container_stuck_on_its_image_is_named() -> None:
+    waiting = {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling "x"'}}
+    stuck = ray_pod("h", containerStatuses=[{"name": "ray-head", "state": waiting}])
+    assert pod_problem(stuck) == ("ImagePullBackOff", 'pod h: Back-off pulling "x"')
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {"phase": "Pending"},  # not yet looked at by the scheduler
+        {
+            "phase": "Pending",
+            "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}],
+        },
+        {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+    ],
+)
+def test_pods_on_their_way_have_no_problem(status: dict) -> None:
+    assert pod_problem(ray_pod("w", **status)) is None
+
+
+def test_a_cluster_kuberay_waits_on_says_why_from_its_pods() -> None:
+    problems = {("team-a", "churn-a2-x7k"): ("Unschedulable", "pod w: 0/7 nodes are available")}
+    backend = watched_backend(
+        {"jobDeploymentStatus": "Initializing", "rayClusterName": "churn-a2-x7k"}, problems
+    )
+    ref = AttemptRef("mlplane-u1-2", OWNER, 2)
+    state = backend.state(ref)
+    assert (state.status, state.reason) == ("PENDING", "Unschedulable")
+    assert state.message == "pod w: 0/7 nodes are available"
+    # Once the pods are fine again, KubeRay's own word stands.
+    problems.clear()
+    assert backend.state(ref).reason == ""
 
 
 def test_the_readme_operator_config_loads_and_names_the_ray_version(monkeypatch) -> None:

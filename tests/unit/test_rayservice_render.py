@@ -142,3 +142,13 @@ def test_a_cluster_that_cannot_start_says_why() -> None:
     assert state.status == "NOT_STARTED"
     assert state.message == "ErrImagePull: pull access denied"
     assert app_state(None, "team-a.churn").status == "MISSING"
+
+
+def test_a_replica_no_node_fits_is_named_from_its_pod() -> None:
+    waiting = served(application(), pendingServiceStatus={"rayClusterName": "churn-x"})
+    unschedulable = ("Unschedulable", "pod churn-x-t4-abc: 0/7 nodes are available")
+    state = app_state(waiting, "team-a.churn", pods=unschedulable)
+    assert state.status == "NOT_STARTED"
+    assert state.message == "Unschedulable: pod churn-x-t4-abc: 0/7 nodes are available"
+    # Without a problem on the pods it is only waiting.
+    assert app_state(waiting, "team-a.churn").message == "waiting for the RayCluster"

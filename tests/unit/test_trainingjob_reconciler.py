@@ -167,6 +167,27 @@ def test_a_child_the_backend_refuses_fails_at_once_without_a_retry(parts) -> Non
     assert len(backend.submissions) == 1
 
 
+def test_on_kuberay_custom_code_is_a_remote_archive_not_a_local_path(
+    tmp_path: Path, tracking: Tracking
+) -> None:
+    backend = InMemoryJobs(name="kuberay")
+    reconciler = TrainingJobReconciler(
+        OperatorConfig(data_dir=tmp_path),
+        backend,
+        tracking,
+        MetricsFeed(tracking, max_age_seconds=0),
+        AdmitAll(),
+    )
+    code = {"workingDir": "./my_code", "pyModules": ["s3://code/lib.zip", "file:///opt/lib"]}
+    job = step(reconciler, make_job(runtimeEnv=code))
+    failed = condition(job.status.conditions, "Failed")
+    assert (job.status.phase, failed.reason) == ("Failed", "InvalidSpec")
+    assert failed.message.startswith("spec.runtimeEnv.workingDir: './my_code' is a path on")
+    assert "spec.runtimeEnv.pyModules: 'file:///opt/lib'" in failed.message
+    assert "s3://code/lib.zip" not in failed.message
+    assert backend.submissions == []
+
+
 def test_error_from_logs_when_the_runner_could_not_tag(parts) -> None:
     reconciler, backend, _ = parts
     job = step(reconciler, make_job())
