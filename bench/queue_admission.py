@@ -36,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -451,6 +452,15 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
     }
 
 
+def in_workdir(workdir: Path | None, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """`run` in `workdir` (kept, for the logs), or in a temporary directory."""
+    if workdir:
+        workdir.mkdir(parents=True, exist_ok=True)
+        return run(workdir.resolve())
+    with tempfile.TemporaryDirectory(prefix="mlplane-bench-") as tmp:
+        return run(Path(tmp))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -463,13 +473,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--workdir", type=Path, help="keep the operator's and MLflow's logs here")
     args = parser.parse_args()
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        result = bench(args, args.workdir.resolve())
-    else:
-        with tempfile.TemporaryDirectory(prefix="mlplane-bench-") as tmp:
-            result = bench(args, Path(tmp))
-    print(json.dumps(result, indent=2))
+    print(json.dumps(in_workdir(args.workdir, lambda workdir: bench(args, workdir)), indent=2))
 
 
 if __name__ == "__main__":

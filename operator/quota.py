@@ -102,15 +102,20 @@ class GpuLedger:
                 return self._admitted(work)
             self._waiting[work.uid] = work
             self._arrived(work)
+            # The line moves from its head for as long as the head fits: earlier work is admitted
+            # here on its own behalf (its next step finds itself held and launches), so work
+            # never waits behind work that could start, only behind work that cannot.
             line = self._line(work)
+            while line and self._blocker(line[0], namespace_quota) is None:
+                head = line.pop(0)
+                del self._waiting[head.uid]
+                del self._arrival[head.uid]
+                self._held[head.uid] = head
+                if head.uid == work.uid:
+                    return self._admitted(work)
             position = line.index(work) + 1
-            blocker = self._blocker(work, namespace_quota)
-            if position == 1 and blocker is None:
-                del self._waiting[work.uid]
-                del self._arrival[work.uid]
-                self._held[work.uid] = work
-                return self._admitted(work)
-            message = f"needs {work.gpus} {work.pool} GPUs; {blocker or 'waiting for earlier work'}"
+            blocker = self._blocker(work, namespace_quota) or "waiting for earlier work"
+            message = f"needs {work.gpus} {work.pool} GPUs; {blocker}"
             return Decision(
                 False,
                 Queue(pool=work.pool, gpus=work.gpus, position=position),

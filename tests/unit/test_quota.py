@@ -66,10 +66,33 @@ def test_fifo_no_overtaking_within_a_namespace() -> None:
     assert gpus.admit(job(2, gpus=4)).queue.position == 1
     assert gpus.admit(job(3, gpus=1)).queue.position == 2
     gpus.release("u1")
-    # The small job asks first, but the earlier one is still first in line.
-    assert not gpus.admit(job(3, gpus=1)).admitted
-    assert gpus.admit(job(2, gpus=4)).admitted
+    # The small job asks first, but the earlier one is first in line: it is admitted first.
     assert gpus.admit(job(3, gpus=1)).admitted
+    assert gpus.held("a100", "team-a") == 5
+    assert gpus.admit(job(2, gpus=4)).admitted  # already held: its step launches it
+    assert gpus.held("a100", "team-a") == 5
+
+
+def test_a_head_that_does_not_fit_holds_the_line() -> None:
+    gpus = ledger()
+    gpus.admit(job(1, gpus=6))
+    assert gpus.admit(job(2, gpus=4)).queue.position == 1  # 6 + 4 > 8
+    small = gpus.admit(job(3, gpus=1))  # would fit, but may not overtake
+    assert (small.admitted, small.queue.position) == (False, 2)
+    assert small.message == "needs 1 a100 GPUs; waiting for earlier work; position 2"
+
+
+def test_work_that_all_fits_starts_whatever_order_its_steps_run_in() -> None:
+    """A burst: the operator saw all of it before deciding on any, and the steps run in no
+    particular order. None of it waits, and the line still goes in creation order."""
+    burst = [job(n, gpus=1) for n in range(1, 9)]
+    gpus = GpuLedger(ledger().limits, observed=lambda: [(work, None) for work in burst])
+    assert gpus.admit(burst[7]).admitted  # the last, first: everything before it fits too
+    assert gpus.held("a100", "team-a") == 8
+    assert all(gpus.admit(work).admitted for work in burst)
+    assert gpus.held("a100", "team-a") == 8
+    late = gpus.admit(job(9, gpus=1))
+    assert not late.admitted and "uses 8 of 8" in late.message
 
 
 def test_work_created_in_the_same_second_waits_in_the_order_it_arrived() -> None:
