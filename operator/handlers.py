@@ -12,7 +12,7 @@ import asyncio
 import base64
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import kopf
@@ -29,8 +29,6 @@ from mlplane.operator.backends.kuberay import (
     RAY_GROUP,
     RAY_VERSION,
     SUBMISSION_LABEL,
-    ClusterProblems,
-    ObservedRayJobs,
     pod_problem,
     unobserved,
 )
@@ -186,6 +184,7 @@ def _register_runs_index(registry: kopf.OperatorRegistry, kind: str, index_id: s
         return {None: (work, body.status.get("phase"))}
 
 
+T = TypeVar("T")
 RAYJOBS_INDEX = "rayjobs_by_name"
 
 
@@ -215,11 +214,13 @@ def _register_rayjobs_index(registry: kopf.OperatorRegistry) -> None:
         return {(meta.namespace, meta.name): seen}
 
 
-def _observed_rayjobs(index: kopf.Index[tuple[str, str], dict[str, Any]]) -> ObservedRayJobs:
-    def observed(namespace: str, name: str) -> dict[str, Any] | None:
+def _first_of(index: kopf.Index[tuple[str, str], T]) -> Callable[[str, str], T | None]:
+    """(namespace, name) → the one value `index` holds for it, or None."""
+
+    def first(namespace: str, name: str) -> T | None:
         return next(iter(index.get((namespace, name), ())), None)
 
-    return observed
+    return first
 
 
 RAY_PODS_INDEX = "ray_pod_problems"
@@ -240,13 +241,6 @@ def _register_ray_pods_index(registry: kopf.OperatorRegistry) -> None:
         cluster = body.meta.labels.get("ray.io/cluster")
         problem = pod_problem(body)
         return {(body.meta.namespace, cluster): problem} if cluster and problem else {}
-
-
-def _cluster_problems(index: kopf.Index[tuple[str, str], tuple[str, str]]) -> ClusterProblems:
-    def problems(namespace: str, cluster: str) -> tuple[str, str] | None:
-        return next(iter(index.get((namespace, cluster), ())), None)
-
-    return problems
 
 
 def _kube_client() -> client.ApiClient:
@@ -347,12 +341,10 @@ def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.Ope
             kube=_kube_client(),
             observed_runs=lambda: [entry for index in runs for entry in index.get(None, ())],
             observed_rayjobs=(
-                _observed_rayjobs(kwargs[RAYJOBS_INDEX]) if RAYJOBS_INDEX in kwargs else unobserved
+                _first_of(kwargs[RAYJOBS_INDEX]) if RAYJOBS_INDEX in kwargs else unobserved
             ),
             cluster_problems=(
-                _cluster_problems(kwargs[RAY_PODS_INDEX])
-                if RAY_PODS_INDEX in kwargs
-                else unobserved
+                _first_of(kwargs[RAY_PODS_INDEX]) if RAY_PODS_INDEX in kwargs else unobserved
             ),
             secrets=_secret_data,
         )

@@ -79,8 +79,9 @@ def rayservice_spec(application: dict[str, Any], placement: Placement) -> dict[s
         str(int(memory)) if memory else None,
         int(options.get("num_gpus", 0)),
     )
-    cluster = cluster_spec(placement, _with_serve_env(workers))
-    _with_serve_env(cluster["headGroupSpec"])
+    cluster = cluster_spec(placement, workers)
+    for group in (cluster["headGroupSpec"], workers):
+        _add_serve_env(group)
     if most > least:
         # Serve's autoscaler asks Ray for replicas; Ray's asks KubeRay for worker pods.
         cluster["enableInTreeAutoscaling"] = True
@@ -90,11 +91,10 @@ def rayservice_spec(application: dict[str, Any], placement: Placement) -> dict[s
     }
 
 
-def _with_serve_env(group: dict[str, Any]) -> dict[str, Any]:
+def _add_serve_env(group: dict[str, Any]) -> None:
     env = [{"name": name, "value": value} for name, value in SERVE_PROCESS_ENV.items()]
     for container in group["template"]["spec"]["containers"]:
         container["env"] = [*container.get("env", []), *env]
-    return group
 
 
 def render_rayservice(
