@@ -7,6 +7,11 @@ in `serveConfigV2` and sizes the worker group from it: one worker pod per replic
 the application's label selector names, between the autoscaling bounds. A canary step changes only
 `user_config`, so KubeRay applies it to the running cluster in place; a change of resources or pool
 changes `rayClusterConfig`, which KubeRay rolls out as a new cluster with no downtime.
+
+A RayService KubeRay refuses (a name too long for the objects it derives, a spec it cannot run)
+gets no status at all: KubeRay says why only in a Warning Event on it. Until KubeRay has acted on
+a RayService's generation, `state` reads those Events, so the deployment fails with KubeRay's
+reason and message instead of deploying forever.
 """
 
 from __future__ import annotations
@@ -180,6 +185,10 @@ def app_state(
     )
 
 
+KUBERAY_REFUSALS = frozenset({"InvalidRayServiceMetadata", "InvalidRayServiceSpec"})
+"""The Event reasons KubeRay gives a RayService it will not run until its spec changes."""
+
+
 class RayServiceBackend:
     """Serve through KubeRay: create, update, read and delete RayServices."""
 
@@ -194,6 +203,7 @@ class RayServiceBackend:
     ) -> None:
         """`cluster_problems` is the operator's watch of Ray pods (see KubeRayBackend)."""
         self.objects = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
         self.placement_for = placement_for
         self.cluster_problems = cluster_problems
         self.timeout = timeout_seconds
@@ -249,7 +259,27 @@ class RayServiceBackend:
         application = deployed_application(rayservice) if rayservice else None
         if application:
             self._remember(application)
+        refusal = self._refusal(rayservice) if rayservice else None
+        if refusal:
+            return AppState("DEPLOY_FAILED", refusal)
         return app_state(rayservice, name, self._pods_problem(rayservice))
+
+    def _refusal(self, rayservice: dict[str, Any]) -> str | None:
+        """KubeRay's word on a RayService it has not acted on (no status for this generation):
+        the newest of its validation Warning Events, as `Reason: message`."""
+        meta = rayservice["metadata"]
+        observed = (rayservice.get("status") or {}).get("observedGeneration", 0)
+        if observed >= meta.get("generation", 0):
+            return None
+        events = self.core.list_namespaced_event(
+            meta["namespace"],
+            field_selector=f"involvedObject.uid={meta['uid']},type=Warning",
+        ).items
+        refusals = [e for e in events if (e.reason or "") in KUBERAY_REFUSALS]
+        if not refusals:
+            return None
+        newest = max(refusals, key=lambda e: e.last_timestamp or e.event_time or e.first_timestamp)
+        return f"{newest.reason}: {newest.message}"
 
     def _pods_problem(self, rayservice: dict[str, Any] | None) -> tuple[str, str] | None:
         """Why a pod of the cluster being rolled out (or else of the serving one) cannot start."""

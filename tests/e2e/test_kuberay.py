@@ -96,7 +96,7 @@ def namespaces(
 
     yield make
     for resources in made:
-        for plural in ("trainingjobs", "tuningsweeps"):
+        for plural in ("trainingjobs", "tuningsweeps", "modeldeployments"):
             resources.objects.delete_collection_namespaced_custom_object(
                 GROUP, VERSION, resources.namespace, plural
             )
@@ -354,6 +354,59 @@ def test_a_sweep_runs_its_parallel_trials_on_one_kuberay_cluster(
     ray_job_reports(team, k8s_api, "tune", "SUCCEEDED")
     done = wait_for(sweep_phase("Succeeded"), 15)
     assert conditions(done)["Complete"]["status"] == "True"
+
+
+def model_deployment(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "s3://models/churn/"},  # served as written: no registry lookup
+            "ray": {"perReplica": {"cpu": 1, "gpu": 1}, "nodePool": "t4"},
+        },
+    }
+
+
+def test_a_model_deployment_is_a_rayservice_kuberay_runs_or_refuses(
+    namespaces: Callable[[str], Resources], k8s_api: client.ApiClient
+) -> None:
+    team = namespaces(f"kuberay-serve-{SUFFIX}")
+    team.apply(model_deployment("churn"))
+
+    def pending_cluster() -> str | None:
+        try:
+            found = team.objects.get_namespaced_custom_object(
+                "ray.io", "v1", team.namespace, "rayservices", "churn"
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return (found.get("status") or {}).get("pendingServiceStatus", {}).get("rayClusterName")
+
+    # KubeRay accepts it and makes its cluster: the replica's pod binds to a t4 node.
+    cluster = wait_for(pending_cluster, KUBERAY_TIMEOUT, every=0.2)
+    nodes = {
+        pod.metadata.labels["ray.io/node-type"]: pod.spec.node_name[:3]
+        for pod in pods_of(k8s_api, team.namespace, cluster)
+    }
+    assert nodes == {"head": "cpu", "worker": "t4-"}
+    assert team.get("modeldeployments", "churn")["status"]["phase"] == "Deploying"
+
+    # 50 characters: a valid Kubernetes name, but KubeRay derives longer ones from it and
+    # refuses the RayService, saying so only in an Event.
+    long_name = "churn-" + "x" * 44
+    team.apply(model_deployment(long_name))
+
+    def failed() -> dict[str, Any]:
+        found = team.get("modeldeployments", long_name).get("status", {})
+        return found if found.get("phase") == "Failed" else {}
+
+    ready = conditions(wait_for(failed, 30))["Ready"]
+    assert ready["status"] == "False"
+    assert "InvalidRayServiceMetadata" in ready["message"]
+    assert "no more than 47 characters" in ready["message"]
 
 
 def test_quota_queues_the_third_job_and_admits_it_when_one_finishes(

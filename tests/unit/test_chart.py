@@ -228,6 +228,9 @@ def test_kuberay_backend_manages_rayjobs_and_rayservices_and_nothing_more(
     # Ray pods are read, never written: why a RayCluster cannot start (Unschedulable and the like).
     pods = [r for r in find(docs, "ClusterRole")["rules"] if "pods" in r["resources"]]
     assert pods == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    # Events are read too: KubeRay says why it refuses a RayService only in one.
+    events = [r for r in find(docs, "ClusterRole")["rules"] if "events" in r["resources"]]
+    assert {verb for r in events for verb in r["verbs"]} == {"create", "list"}
     config = operator_config(docs, tmp_path)
     assert config.backend == "kuberay" and config.ray_image == "registry.example/mlplane:1"
     assert config.head_node_pool == "cpu"
