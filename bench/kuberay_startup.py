@@ -31,14 +31,12 @@ from typing import Any
 
 import yaml
 from kubernetes import client, watch
-from kubernetes import config as kubeconfig
 from kubernetes.client.exceptions import ApiException
-from queue_admission import in_workdir, start_operator, summary
+from queue_admission import in_workdir, mlplane_api, start_operator, summary
 from urllib3.exceptions import HTTPError
 
 from mlplane.crds import KINDS
 from mlplane.crds.base import GROUP, VERSION
-from mlplane.crds.definitions import crd
 from mlplane.operator.cluster import nodepools
 from mlplane.operator.cluster.build import KUBERAY, cache_root
 from mlplane.operator.cluster.controlplane import ControlPlane, State
@@ -139,14 +137,7 @@ def job_of_rayjob(name: str) -> str:
 
 
 def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dict[str, Any]:
-    api = kubeconfig.new_client_from_config(config_file=str(plane.kubeconfig))
-    extensions = client.ApiextensionsV1Api(api)
-    for kind in KINDS.values():
-        try:
-            extensions.create_custom_resource_definition(crd(kind))
-        except ApiException as error:
-            if error.status != 409:
-                raise
+    api = mlplane_api(plane)
     run = uuid.uuid4().hex[:6]
     namespace = f"bench-kuberay-{run}"
     client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})

@@ -317,7 +317,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             plane.down(lambda message: print(f"[cluster] {message}", file=sys.stderr))
 
 
-def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dict[str, Any]:
+def mlplane_api(plane: ControlPlane) -> client.ApiClient:
+    """A client of the control plane, with the mlplane CRDs installed (kept if already there)."""
     api = kubeconfig.new_client_from_config(config_file=str(plane.kubeconfig))
     extensions = client.ApiextensionsV1Api(api)
     for kind in KINDS.values():
@@ -326,6 +327,11 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
         except ApiException as error:
             if error.status != 409:
                 raise
+    return api
+
+
+def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dict[str, Any]:
+    api = mlplane_api(plane)
     run = uuid.uuid4().hex[:6]
     namespaces = [f"bench-{i}-{run}" for i in range(args.namespaces)]
     core = client.CoreV1Api(api)
