@@ -274,14 +274,13 @@ class RunReconciler(ABC, Generic[S]):
         user = self.training_spec(resource).runtime_env
         if self.backend.name != "kuberay" or user is None:
             return []
-        fields = {"workingDir": [user.working_dir] if user.working_dir else []}
-        fields["pyModules"] = list(user.py_modules)
+        code = [("workingDir", user.working_dir)] if user.working_dir else []
+        code += [("pyModules", module) for module in user.py_modules]
         return [
             f"{self.spec_path}.runtimeEnv.{name}: {value!r} is a path on the operator's machine, "
             "which the kuberay backend's Ray pods cannot read; name a remote .zip (s3://, gs:// "
             "or https://)"
-            for name, values in fields.items()
-            for value in values
+            for name, value in code
             if "://" not in value or value.startswith("file://")
         ]
 

@@ -264,9 +264,7 @@ class ControlPlane:
             {"KUBECONFIG": str(self.kubeconfig)},
             binary=KUBERAY.binary,
         )
-        self._wait(
-            deadline, KUBERAY.name, lambda: _http_ok(f"http://127.0.0.1:{ports['kuberay']}/readyz")
-        )
+        self._wait(deadline, KUBERAY.name, lambda: self._healthy(KUBERAY.name, ports))
 
     def _spawn(
         self, name: str, binary: Path, args: list[str], env: dict[str, str] | None
