@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,6 +99,11 @@ class OperatorConfig(BaseSettings):
     start the pods). Default: the operator's own Ray, the one the mlplane image carries."""
     head_node_pool: str | None = None
     """kuberay backend: the pool Ray head pods run on. Unset: the first pool without GPUs."""
+    use_kubernetes_proxy: bool | None = None
+    """kuberay backend: reach Serve in Ray clusters (for live serving figures and the canary's
+    guard) through the API server's service proxy, as KubeRay's `--use-kubernetes-proxy` does,
+    instead of by cluster DNS; needs `get` on `services/proxy`. Unset: only when the operator
+    runs outside the cluster, where cluster DNS does not resolve."""
     sagemaker_artifact_bucket: str | None = None
     """target sagemaker: the S3 bucket model.tar.gz files are uploaded to, unless a
     ModelDeployment names one (spec.sagemaker.artifactBucket)."""
@@ -120,6 +126,14 @@ class OperatorConfig(BaseSettings):
         env = cls()  # environment variables only
         merged = {**(from_file or {}), **env.model_dump(exclude_unset=True), **overrides}
         return cls.model_validate(merged)
+
+    @property
+    def through_kubernetes_proxy(self) -> bool:
+        """Whether Serve in Ray clusters is reached through the API server's service proxy."""
+        if self.use_kubernetes_proxy is not None:
+            return self.use_kubernetes_proxy
+        # Set in every pod by the kubelet; the kubernetes client's in-cluster config reads it too.
+        return "KUBERNETES_SERVICE_HOST" not in os.environ
 
     def pool(self, name: str) -> NodePool | None:
         return next((p for p in self.node_pools if p.name == name), None)

@@ -80,7 +80,12 @@ class Runtime:
                 raise ValueError("the kuberay backend needs a Kubernetes API client")
             placement = placements(config)
             backend = KubeRayBackend(kube, placement, observed_rayjobs, cluster_problems)
-            serving = RayServiceBackend(kube, placement, cluster_problems)
+            serving = RayServiceBackend(
+                kube,
+                placement,
+                cluster_problems,
+                through_api_server=config.through_kubernetes_proxy,
+            )
         else:
             # Imported here: Ray's client adds 35 MiB to an operator that launches through KubeRay.
             from mlplane.operator.backends.ray import RayJobsBackend

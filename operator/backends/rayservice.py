@@ -12,16 +12,25 @@ A RayService KubeRay refuses (a name too long for the objects it derives, a spec
 gets no status at all: KubeRay says why only in a Warning Event on it. Until KubeRay has acted on
 a RayService's generation, `state` reads those Events, so the deployment fails with KubeRay's
 reason and message instead of deploying forever.
+
+Serve's own figures (the live metrics on the status, the canary's guard) come from the
+application's HTTP route on KubeRay's `<name>-serve-svc` Service. An operator inside the cluster
+reaches it by cluster DNS; one outside (on a laptop, or on a cluster without a route to pod IPs)
+goes through the API server's service proxy, as KubeRay's own operator does with
+`--use-kubernetes-proxy`. Without it, figures would never come and a canary would hold its first
+step forever.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import requests
+import urllib3
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -42,11 +51,22 @@ from mlplane.operator.backends.kuberay import (
     unobserved,
     worker_group,
 )
-from mlplane.operator.backends.serve import AppState, read_metrics, same_config
+from mlplane.operator.backends.serve import (
+    METRICS_PATH,
+    AppState,
+    metrics_query,
+    read_metrics,
+    same_config,
+)
 from mlplane.serving.config import SERVE_PROCESS_ENV, SERVER_DEPLOYMENT
 
 SERVE_PORT = 8000
 """Serve's HTTP port in KubeRay's `<name>-serve-svc` Service."""
+
+
+def serve_service(rayservice: str) -> str:
+    """The Service KubeRay puts in front of a RayService's Serve proxies."""
+    return f"{rayservice}-serve-svc"
 
 
 def split_app_name(app: str) -> tuple[str, str]:
@@ -200,13 +220,17 @@ class RayServiceBackend:
         placement_for: Callable[[str | None], Placement],
         cluster_problems: ClusterProblems = unobserved,
         timeout_seconds: float = 5.0,
+        through_api_server: bool = False,
     ) -> None:
-        """`cluster_problems` is the operator's watch of Ray pods (see KubeRayBackend)."""
+        """`cluster_problems` is the operator's watch of Ray pods (see KubeRayBackend);
+        `through_api_server` reads Serve's figures through the API server's service proxy."""
+        self.api = api
         self.objects = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.placement_for = placement_for
         self.cluster_problems = cluster_problems
         self.timeout = timeout_seconds
+        self.through_api_server = through_api_server
         self.session = requests.Session()
         # route prefix → (namespace, name): learnt from every application read or written.
         self._routes: dict[str, tuple[str, str]] = {}
@@ -293,7 +317,23 @@ class RayServiceBackend:
         return None
 
     def metrics(self, route_prefix: str, window_seconds: float) -> dict[str, Any] | None:
-        return read_metrics(self.session, self.url(route_prefix), window_seconds, self.timeout)
+        if not self.through_api_server:
+            return read_metrics(self.session, self.url(route_prefix), window_seconds, self.timeout)
+        namespace, name = self._route(route_prefix)
+        path = (
+            f"/api/v1/namespaces/{namespace}/services/{serve_service(name)}:{SERVE_PORT}/proxy"
+            f"{route_prefix.rstrip('/')}{METRICS_PATH}"
+        )
+        # The API client's own request, for its credentials and CA (a kubeconfig's or the pod's).
+        request = self.api.param_serialize(
+            "GET", path, query_params=metrics_query(window_seconds), auth_settings=["BearerToken"]
+        )
+        try:
+            response = self.api.call_api(*request, _request_timeout=self.timeout)
+            body = response.read()
+        except (ApiException, urllib3.exceptions.HTTPError):
+            return None
+        return json.loads(body) if response.status == 200 else None
 
     def remove(self, name: str) -> None:
         namespace, short = split_app_name(name)
@@ -307,6 +347,12 @@ class RayServiceBackend:
 
     def url(self, route_prefix: str) -> str:
         """The route on the RayService's Serve Service (in-cluster DNS)."""
+        namespace, name = self._route(route_prefix)
+        return (
+            f"http://{serve_service(name)}.{namespace}.svc:{SERVE_PORT}{route_prefix.rstrip('/')}"
+        )
+
+    def _route(self, route_prefix: str) -> tuple[str, str]:
+        """The (namespace, name) of the RayService serving `route_prefix`."""
         with self._lock:
-            namespace, name = self._routes[route_prefix]
-        return f"http://{name}-serve-svc.{namespace}.svc:{SERVE_PORT}{route_prefix.rstrip('/')}"
+            return self._routes[route_prefix]

@@ -76,16 +76,22 @@ def same_config(deployed: dict[str, Any] | None, wanted: dict[str, Any]) -> bool
     return _normal(deployed) == _normal(wanted)
 
 
+METRICS_PATH = "/-/metrics"
+"""The application's figures (mlplane.serving.app), below its route prefix."""
+
+
+def metrics_query(window_seconds: float) -> dict[str, str]:
+    """The query asking `METRICS_PATH` for the trailing window (whole seconds, at least one)."""
+    return {"window": f"{max(window_seconds, 1.0):.0f}"}
+
+
 def read_metrics(
     session: requests.Session, app_url: str, window_seconds: float, timeout: float
 ) -> dict[str, Any] | None:
-    """The application's `/-/metrics` (mlplane.serving.app) over the trailing window; None if
-    it cannot be reached."""
+    """The application's figures over the trailing window; None if it cannot be reached."""
     try:
         response = session.get(
-            f"{app_url}/-/metrics",
-            params={"window": f"{max(window_seconds, 1.0):.0f}"},
-            timeout=timeout,
+            app_url + METRICS_PATH, params=metrics_query(window_seconds), timeout=timeout
         )
     except requests.RequestException:
         return None

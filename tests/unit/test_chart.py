@@ -235,8 +235,25 @@ def test_kuberay_backend_manages_rayjobs_and_rayservices_and_nothing_more(
     assert config.backend == "kuberay" and config.ray_image == "registry.example/mlplane:1"
     assert config.head_node_pool == "cpu"
     assert config.checkpoint_storage == "s3://bucket/checkpoints"
+    assert config.use_kubernetes_proxy is None  # in a pod: Serve by cluster DNS
+    assert not [r for r in find(docs, "ClusterRole")["rules"] if "services/proxy" in r["resources"]]
     rules = find(render(helm), "ClusterRole")["rules"]
     assert not [r for r in rules if "ray.io" in r["apiGroups"] or "pods" in r["resources"]]
+
+
+def test_kuberay_through_the_kubernetes_proxy_may_proxy_to_services(
+    helm: Path, tmp_path: Path
+) -> None:
+    docs = render(
+        helm,
+        "--set=operator.backend=kuberay",
+        "--set=operator.checkpointStorage=s3://bucket/checkpoints",
+        "--set=operator.kuberay.useKubernetesProxy=true",
+    )
+    proxy = [r for r in find(docs, "ClusterRole")["rules"] if "services/proxy" in r["resources"]]
+    assert proxy == [{"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get"]}]
+    config = operator_config(docs, tmp_path)
+    assert config.use_kubernetes_proxy and config.through_kubernetes_proxy
 
 
 def test_secrets_are_readable_only_when_asked_and_only_to_get(helm: Path) -> None:

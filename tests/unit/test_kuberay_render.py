@@ -289,7 +289,7 @@ def test_the_readme_operator_config_loads_and_names_the_ray_version(monkeypatch)
     readme = (repo / "README.md").read_text()
     block = readme.split("```yaml\nbackend: kuberay", 1)[1].split("```", 1)[0]
     config = OperatorConfig.model_validate(yaml.safe_load("backend: kuberay" + block))
-    assert config.ray_version == "2.60.0"
+    assert config.ray_version == "2.60.0" and config.through_kubernetes_proxy
     rayjob = render_rayjob(launch(), placements(config)("a100"))
     assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
     # Unset, it is the operator's own Ray: the one the mlplane image carries.

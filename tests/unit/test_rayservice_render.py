@@ -1,12 +1,13 @@
 """What the kuberay serving backend puts on the cluster, and how it reads a RayService back."""
 
+import pytest
 import yaml
 
 from mlplane.crds.modeldeployment import ModelDeployment
 from mlplane.operator.backends.base import Owner
 from mlplane.operator.backends.kuberay import RAY_POOL_LABEL, Placement
 from mlplane.operator.backends.rayservice import app_state, pool_of, render_rayservice
-from mlplane.operator.config import NodePool
+from mlplane.operator.config import NodePool, OperatorConfig
 from mlplane.serving.config import ModelRef, serve_application
 
 T4 = NodePool(
@@ -152,3 +153,15 @@ def test_a_replica_no_node_fits_is_named_from_its_pod() -> None:
     assert state.message == "Unschedulable: pod churn-x-t4-abc: 0/7 nodes are available"
     # Without a problem on the pods it is only waiting.
     assert app_state(waiting, "team-a.churn").message == "waiting for the RayCluster"
+
+
+def test_serve_is_reached_through_the_api_server_only_from_outside_the_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert OperatorConfig(backend="kuberay").through_kubernetes_proxy  # cluster DNS is not ours
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # what the kubelet sets in a pod
+    assert not OperatorConfig(backend="kuberay").through_kubernetes_proxy
+    assert OperatorConfig(use_kubernetes_proxy=True).through_kubernetes_proxy  # no route to pods
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    assert not OperatorConfig(use_kubernetes_proxy=False).through_kubernetes_proxy
