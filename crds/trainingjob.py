@@ -124,9 +124,10 @@ class RuntimeEnv(ApiModel):
     pip: list[str] = Field(default_factory=list, max_length=256)
     """Extra pip requirements."""
     working_dir: str | None = Field(default=None, max_length=2048)
-    """A local path or s3:// zip uploaded to every worker."""
+    """The code directory every worker runs in: a local path with `mlplane run`; on a cluster a
+    remote .zip (s3://, gs://, https://), as `mlplane package` uploads it."""
     py_modules: list[str] = Field(default_factory=list, max_length=64)
-    """Extra module directories or archives."""
+    """Extra package directories (local with `mlplane run`) or remote .zip archives."""
     env_vars: dict[str, str] = Field(default_factory=dict)
     """Environment variables for every worker."""
 

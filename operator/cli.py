@@ -1,4 +1,5 @@
-"""The `mlplane` command line: validate manifests, print CRDs, run the operator or a local cluster.
+"""The `mlplane` command line: validate manifests, print CRDs, package code, run the operator or a
+local cluster.
 
 Heavy imports (Ray, kopf, MLflow) happen inside the commands that need them, so `mlplane validate`
 answers in well under a second.
@@ -74,6 +75,46 @@ def run(
     typer.echo(status_yaml(resource))
     if not kind.succeeded(resource.status.phase if resource.status else None):
         raise typer.Exit(1)
+
+
+@app.command()
+def package(
+    path: Annotated[
+        Path, typer.Argument(help="A TrainingJob or TuningSweep manifest.", exists=True)
+    ],
+    to: Annotated[
+        str,
+        typer.Option(
+            envvar="MLPLANE_CODE_STORAGE",
+            help="s3://bucket/prefix the code archives go to (every Ray pod must read it).",
+        ),
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Upload the local workingDir and pyModules a manifest names; print it with their URIs.
+
+    Ray pods on a cluster cannot read your disk, so there code is a remote archive:
+    `mlplane package job.yaml --to s3://bucket/code | kubectl apply -f -`. Relative paths are
+    taken from the current directory; S3 credentials and endpoint are boto3's own.
+    """
+    from mlplane.operator.code_package import Destination, PackageError, Packager, s3_upload
+
+    try:
+        destination = Destination.parse(to)
+    except PackageError as error:
+        raise typer.BadParameter(str(error), param_hint="--to") from None
+    try:
+        packager = Packager(destination, s3_upload(destination.bucket), Path.cwd())
+        manifest = packager.file(path)
+    except PackageError as error:
+        typer.echo(f"{path}: {error}", err=True)
+        raise typer.Exit(1) from None
+    if output:
+        output.write_text(manifest)
+    else:
+        typer.echo(manifest, nl=False)
 
 
 @app.command()

@@ -22,6 +22,7 @@ from mlplane.crds.base import Queue, RayRef, RunStatus
 from mlplane.crds.trainingjob import ResourceRequest, TrainingJobSpec
 from mlplane.operator.admission import Admission, Decision, Work
 from mlplane.operator.backends.base import AttemptRef, JobState, Launch, Owner, TrainingBackend
+from mlplane.operator.code_package import is_local
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.status import TERMINAL_PHASES, Event, condition, now, set_condition
 from mlplane.operator.tracking import MetricsFeed, RunLookup, RunSnapshot, Tracking
@@ -279,9 +280,9 @@ class RunReconciler(ABC, Generic[S]):
         return [
             f"{self.spec_path}.runtimeEnv.{name}: {value!r} is a path on the operator's machine, "
             "which the kuberay backend's Ray pods cannot read; name a remote .zip (s3://, gs:// "
-            "or https://)"
+            "or https://), which `mlplane package` uploads and fills in"
             for name, value in code
-            if "://" not in value or value.startswith("file://")
+            if is_local(value)
         ]
 
     def _decide(self, resource: Any) -> Decision:

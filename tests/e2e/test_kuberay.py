@@ -5,23 +5,31 @@ KubeRay's operator (built from its Go module, started with the control plane) va
 RayJob, makes its RayCluster and moves it through its states; the scheduler binds the cluster's
 pods to kwok nodes. kwok pods run no code, so the one thing a test writes is what the Ray job
 inside would have reported to KubeRay (RUNNING, SUCCEEDED), on top of KubeRay's own status, once
-KubeRay itself has the cluster up. Budget: about 90 s for the module (operator start, then 1 s
+KubeRay itself has the cluster up; and custom code a pod would fetch is fetched by Ray's own
+function in the test, from S3 on moto. Budget: about 90 s for the module (operator start, then 1 s
 observe intervals).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from ray._private.runtime_env.packaging import download_and_unpack_package
+from service_fixtures import MotoServer
 
 from mlplane.operator import embedded
 from tests.e2e.conftest import GROUP, VERSION, OperatorProcess, Resources
@@ -307,6 +315,58 @@ def test_a_rayjob_kuberay_refuses_fails_the_job_with_kuberays_message(
     team.delete("trainingjobs", "churn.v2")
     wait_for(lambda: "churn.v2" not in trainingjobs(team), 10)
     assert rayjobs(team) == ["7day-churn-a1"]
+
+
+def test_packaged_code_reaches_ray_as_its_s3_archive(
+    namespaces: Callable[[str], Resources],
+    moto_server: MotoServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A user's custom code on a cluster: `mlplane package` uploads it and fills in its URI, the
+    RayJob hands that URI to Ray, and Ray's own fetch of it (what a Ray pod does; the S3 here is
+    moto) gives back the code. The manifest as written, with its local path, is refused."""
+    team = namespaces(f"kuberay-code-{SUFFIX}")
+    boto3.client("s3", **aws(moto_server)).create_bucket(Bucket="code")
+    command = [str(Path(sys.executable).parent / "mlplane"), "package"]
+    command += ["examples/trainingjob-custom.yaml", "--to", "s3://code/team"]
+    env = os.environ | moto_server.env
+    packaged = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert packaged.returncode == 0, packaged.stderr
+    doc = yaml.safe_load(packaged.stdout)
+    uri = doc["spec"]["runtimeEnv"]["workingDir"]
+    assert uri.startswith("s3://code/team/custom-") and uri.endswith(".zip")
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert again.stdout == packaged.stdout  # unchanged code: the same archive, uploaded once
+
+    team.apply(doc)
+    wait_for(phase_is(team, "wine-custom", "Starting"), 30)
+    runtime_env = json.loads(rayjob(team, "wine-custom-a1")["spec"]["runtimeEnvYAML"])
+    assert runtime_env["working_dir"] == uri
+    for name, value in moto_server.env.items():
+        monkeypatch.setenv(name, value)
+    fetched = Path(asyncio.run(download_and_unpack_package(uri, str(tmp_path))))
+    assert (fetched / "wine_train.py").read_text() == (
+        REPO / "examples" / "custom" / "wine_train.py"
+    ).read_text()
+
+    as_written = yaml.safe_load((REPO / "examples" / "trainingjob-custom.yaml").read_text())
+    as_written["metadata"]["name"] = "wine-local"
+    team.apply(as_written)
+    refused = conditions(wait_for(phase_is(team, "wine-local", "Failed"), 15))["Failed"]
+    assert refused["reason"] == "InvalidSpec"
+    assert refused["message"].startswith("spec.runtimeEnv.workingDir: 'examples/custom' is a path")
+    assert "`mlplane package`" in refused["message"]
+    assert "wine-local-a1" not in rayjobs(team)
+
+
+def aws(moto: MotoServer) -> dict[str, str]:
+    return {
+        "endpoint_url": moto.endpoint_url,
+        "aws_access_key_id": moto.env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": moto.env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": moto.env["AWS_DEFAULT_REGION"],
+    }
 
 
 def test_a_sweep_runs_its_parallel_trials_on_one_kuberay_cluster(
