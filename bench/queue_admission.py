@@ -341,6 +341,7 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
     mlflow_uri = embedded.start_local_mlflow(mlflow_dir)
     config = {
         "backend": "kuberay",
+        "checkpoint_storage": "s3://checkpoints/bench",  # named only: kwok pods run nothing
         "mlflow_tracking_uri": mlflow_uri,
         "data_dir": str(workdir / "data"),
         "observe_interval_seconds": args.interval,

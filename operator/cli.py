@@ -8,11 +8,14 @@ answers in well under a second.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mlplane.operator.cluster.cli import app as cluster_app
+
+if TYPE_CHECKING:
+    from mlplane.operator.config import OperatorConfig
 
 app = typer.Typer(
     help="mlplane: train, tune and serve models on Ray from Kubernetes resources.",
@@ -20,6 +23,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(cluster_app, name="cluster")
+
+
+def _load_config(path: Path | None) -> OperatorConfig:
+    """The operator's configuration; a refused one ends the command, naming each setting."""
+    from pydantic import ValidationError
+
+    from mlplane.operator.config import OperatorConfig
+
+    try:
+        return OperatorConfig.load(path)
+    except ValidationError as error:
+        for problem in error.errors():
+            where = ".".join(str(part) for part in problem["loc"])
+            message = problem["msg"].removeprefix("Value error, ")
+            typer.echo(f"{path or 'MLPLANE_*'}: {f'{where}: ' if where else ''}{message}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -63,7 +82,6 @@ def run(
     from rich.console import Console
 
     from mlplane.crds.validation import validate_files
-    from mlplane.operator.config import OperatorConfig
     from mlplane.operator.run import run_file, status_yaml
 
     problems = validate_files([path])
@@ -71,7 +89,7 @@ def run(
         typer.echo(str(problem), err=True)
     if problems:
         raise typer.Exit(1)
-    resource, kind = run_file(path, OperatorConfig.load(), Console())
+    resource, kind = run_file(path, _load_config(None), Console())
     typer.echo(status_yaml(resource))
     if not kind.succeeded(resource.status.phase if resource.status else None):
         raise typer.Exit(1)
@@ -153,7 +171,6 @@ def operator(
 
     import kopf
 
-    from mlplane.operator.config import OperatorConfig
     from mlplane.operator.handlers import build_registry
     from mlplane.operator.metrics import OperatorMetrics
 
@@ -162,7 +179,7 @@ def operator(
     # aiohttp every probe of /healthz; the Events on each phase change say what happened.
     for chatty in ("kopf.objects", "aiohttp.access"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    settings = OperatorConfig.load(config)
+    settings = _load_config(config)
     metrics = OperatorMetrics()
     if metrics_port is not None:
         metrics.serve(metrics_port)

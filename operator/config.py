@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import importlib.metadata
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from mlplane.operator.cluster import nodepools
+from mlplane.operator.code_package import is_local
 
 RECONCILE_THREADS = 16
 """Reconcile steps the operator runs at once; each may hold one API server and one MLflow
@@ -108,8 +111,9 @@ class OperatorConfig(BaseSettings):
     """target sagemaker: the S3 bucket model.tar.gz files are uploaded to, unless a
     ModelDeployment names one (spec.sagemaker.artifactBucket)."""
     checkpoint_storage: str | None = None
-    """Where runs keep checkpoints: a path every Ray worker sees (s3://bucket/prefix with the
-    kuberay backend). Unset: <data_dir>/checkpoints, right when Ray runs beside the operator."""
+    """Where runs keep checkpoints: a place every Ray node sees. With the kuberay backend an
+    s3:// or gs:// URI; with a Ray cluster at ray_address off this machine, such a URI or a
+    path every node mounts. Unset: <data_dir>/checkpoints, seen only by a Ray on this machine."""
 
     @model_validator(mode="after")
     def _pools_from_file(self) -> OperatorConfig:
@@ -119,12 +123,30 @@ class OperatorConfig(BaseSettings):
             self.node_pools = self.node_pools + [p for p in extra if p.name not in known]
         return self
 
+    @model_validator(mode="after")
+    def _checkpoints_every_node_sees(self) -> OperatorConfig:
+        """A retry resumes from the last checkpoint on whichever node it lands: a directory on
+        the operator's machine would silently restart every retry from epoch 0."""
+        storage = self.checkpoint_storage
+        if self.backend == "kuberay" and (storage is None or is_local(storage)):
+            raise ValueError(
+                f"checkpoint_storage: {storage or 'unset'}; the kuberay backend's Ray pods mount "
+                "no volume, so they keep checkpoints only in object storage: set an s3:// or "
+                "gs:// URI"
+            )
+        if storage is None and self.ray_address and not _on_this_machine(self.ray_address):
+            raise ValueError(
+                f"checkpoint_storage: unset, but the Ray cluster at {self.ray_address} is not "
+                f"on this machine, whose {self.data_dir / 'checkpoints'} its nodes cannot see: "
+                "set an s3:// or gs:// URI, or a path every Ray node mounts"
+            )
+        return self
+
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> OperatorConfig:
         """The file's settings, then MLPLANE_* environment variables, then `overrides`."""
         from_file = yaml.safe_load(path.read_text()) if path else {}
-        env = cls()  # environment variables only
-        merged = {**(from_file or {}), **env.model_dump(exclude_unset=True), **overrides}
+        merged = {**(from_file or {}), **EnvSettingsSource(cls)(), **overrides}
         return cls.model_validate(merged)
 
     @property
@@ -137,3 +159,13 @@ class OperatorConfig(BaseSettings):
 
     def pool(self, name: str) -> NodePool | None:
         return next((p for p in self.node_pools if p.name == name), None)
+
+
+def _on_this_machine(ray_address: str) -> bool:
+    host = urlparse(ray_address if "://" in ray_address else f"//{ray_address}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

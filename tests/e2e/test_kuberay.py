@@ -65,6 +65,7 @@ def kuberay_operator(
         "node_pools_file": str(REPO / "operator" / "cluster" / "nodepools.yaml"),
         "gpu_quotas": {TEAM_A: {"a100": 8}, RESTARTED: {"a100": 8}},
         "ray_image": "mlplane/runtime:test",
+        "checkpoint_storage": "s3://checkpoints/kuberay",  # named only: kwok pods run nothing
     }
     config_file = workdir / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))

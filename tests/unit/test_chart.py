@@ -123,16 +123,18 @@ def test_default_config_is_the_embedded_default(helm: Path, tmp_path: Path) -> N
 def test_the_readmes_helm_install_flags_render_what_they_say(helm: Path, tmp_path: Path) -> None:
     """The README's `helm install` line as `helm template`: its --set flags are real values."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    line = re.search(r"helm install mlplane helm/mlplane (.*?)\n(.*?)\n", readme)
+    line = re.search(r"helm install mlplane helm/mlplane ((?:.*\\\n)*.*)\n", readme)
     assert line, "the README has no helm install line"
-    flags = re.findall(r"--set (\S+)", line.group(1) + line.group(2))
+    flags = re.findall(r"--set (\S+)", line.group(1))
     assert flags == [
         "operator.rayAddress=http://ray-head.ray.svc:8265",
         "mlflow.server.enabled=true",
+        "operator.checkpointStorage=s3://my-bucket/checkpoints",
     ]
     docs = render(helm, *(arg for value in flags for arg in ("--set", value)))
     config = operator_config(docs, tmp_path)
     assert config.ray_address == "http://ray-head.ray.svc:8265"
+    assert config.checkpoint_storage == "s3://my-bucket/checkpoints"
     assert config.mlflow_tracking_uri == "http://mlplane-mlflow.mlplane-system.svc:5000"
     assert container(docs, "mlplane-mlflow")["command"] == ["mlflow", "server"]
 
@@ -301,6 +303,23 @@ def test_aws_options_reach_the_operator_environment(helm: Path) -> None:
 def test_values_schema_names_the_bad_value(helm: Path, setting: str, complaint: str) -> None:
     with pytest.raises(chart.RenderError, match=re.escape(complaint)):
         chart.template(helm, "--set", setting)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["operator.backend=kuberay"],
+        ["operator.rayAddress=http://ray-head.ray.svc:8265"],
+    ],
+)
+def test_ray_away_from_the_operator_needs_shared_checkpoints(
+    helm: Path, settings: list[str]
+) -> None:
+    """Refused by helm, not by an operator crash-looping at start."""
+    with pytest.raises(chart.RenderError, match=re.escape("operator.checkpointStorage: ")):
+        chart.template(helm, *(f"--set={s}" for s in settings))
+    local = chart.template(helm, "--set=operator.rayAddress=http://127.0.0.1:8265")
+    assert "ray_address: http://127.0.0.1:8265" in local
 
 
 def test_chart_crds_are_the_generated_ones() -> None:

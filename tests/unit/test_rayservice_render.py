@@ -159,9 +159,13 @@ def test_serve_is_reached_through_the_api_server_only_from_outside_the_cluster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert OperatorConfig(backend="kuberay").through_kubernetes_proxy  # cluster DNS is not ours
+    assert OperatorConfig(
+        backend="kuberay", checkpoint_storage="s3://b/c"
+    ).through_kubernetes_proxy  # cluster DNS is not ours
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")  # what the kubelet sets in a pod
-    assert not OperatorConfig(backend="kuberay").through_kubernetes_proxy
+    assert not OperatorConfig(
+        backend="kuberay", checkpoint_storage="s3://b/c"
+    ).through_kubernetes_proxy
     assert OperatorConfig(use_kubernetes_proxy=True).through_kubernetes_proxy  # no route to pods
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
     assert not OperatorConfig(use_kubernetes_proxy=False).through_kubernetes_proxy
