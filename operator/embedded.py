@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import random
 import signal
@@ -34,6 +35,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +79,8 @@ class Service:
 
 
 _running: dict[str, Service] = {}
+_heads: dict[str, str] = {}
+"""Dashboard URL → GCS address of each Ray head this process started, for nodes to join."""
 
 
 def stop_all() -> None:
@@ -193,42 +197,105 @@ def start_local_ray(
     data_dir.mkdir(parents=True, exist_ok=True)
     dashboard_port = free_port()
     url = f"http://{LOCALHOST}:{dashboard_port}"
+    gcs_port = free_port()
     argv = [
-        str(Path(sys.executable).parent / "ray"),
-        "start",
+        *_ray_start_args(num_cpus, object_store_mb),
         "--head",
-        "--disable-usage-stats",
-        f"--node-ip-address={LOCALHOST}",
-        f"--port={free_port()}",
+        f"--port={gcs_port}",
         "--include-dashboard=true",
         f"--dashboard-host={LOCALHOST}",
         f"--dashboard-port={dashboard_port}",
+        f"--ray-client-server-port={free_port()}",
+        f"--temp-dir={_ray_temp_dir(data_dir)}",
+    ]
+    service = _spawn(
+        "ray head", url, argv, _ray_env(url), data_dir / "ray-head.log", _RAY_GRACE_SECONDS
+    )
+    _wait_http(f"{url}/api/version", service, timeout)
+    _wait_http(f"{url}/api/jobs/", service, timeout)
+    _heads[url] = f"{LOCALHOST}:{gcs_port}"
+    return url
+
+
+def start_local_ray_node(
+    head: str, data_dir: Path, num_cpus: int, object_store_mb: int = 200, timeout: float = 120.0
+) -> str:
+    """Join one more Ray node on this machine to the head `start_local_ray` gave at `head`;
+    return the node's Ray ID, which `stop` and `kill` take.
+
+    A cluster of several raylets on one machine is how work spread over nodes, and the loss of
+    one, is tried without more machines: each node has its own raylet, object store and workers.
+    """
+    marker = f"mlplane_node_{uuid.uuid4().hex[:8]}"
+    argv = [
+        *_ray_start_args(num_cpus, object_store_mb),
+        f"--address={_heads[head]}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        # Found by this resource once it joins: the node's ID is Ray's, not known before.
+        f"--resources={json.dumps({marker: 1})}",
+    ]
+    log = data_dir / f"ray-node-{marker}.log"
+    service = _spawn("ray node", marker, argv, _ray_env(head), log, _RAY_GRACE_SECONDS)
+    deadline = time.monotonic() + timeout
+    while (node_id := _node_with(head, marker)) is None:
+        if service.process.poll() is not None or time.monotonic() > deadline:
+            service.stop()
+            raise RuntimeError(f"ray node did not join {head}; last log lines:\n{_tail(log)}")
+        time.sleep(0.5)
+    del _running[marker]
+    service.url = node_id
+    _running[node_id] = service
+    return node_id
+
+
+def _node_with(head: str, resource: str) -> str | None:
+    """The ID of the alive node of `head`'s cluster that has `resource`, if it joined yet."""
+    try:
+        with urllib.request.urlopen(f"{head}/api/v0/nodes?detail=1&limit=1000", timeout=5) as r:
+            nodes = json.load(r)["data"]["result"]["result"]
+    except (urllib.error.URLError, ConnectionError, TimeoutError, KeyError):
+        return None
+    return next(
+        (
+            node["node_id"]
+            for node in nodes
+            if node.get("state") == "ALIVE" and resource in (node.get("resources_total") or {})
+        ),
+        None,
+    )
+
+
+def _ray_start_args(num_cpus: int, object_store_mb: int) -> list[str]:
+    """`ray start` for any node of a local cluster: bound to 127.0.0.1, every port free."""
+    return [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--disable-usage-stats",
+        f"--node-ip-address={LOCALHOST}",
         f"--dashboard-agent-listen-port={free_port()}",
         # Given ports, the raylet does not wait for its agents to publish theirs: a dashboard
         # agent that imports slowly on a busy machine (over 15 s) would make it abort the start.
         f"--dashboard-agent-grpc-port={free_port()}",
         f"--metrics-export-port={free_port()}",
         f"--runtime-env-agent-port={free_port()}",
-        f"--ray-client-server-port={free_port()}",
         f"--num-cpus={num_cpus}",
         "--num-gpus=0",
         f"--object-store-memory={object_store_mb * 1024 * 1024}",
-        f"--temp-dir={_ray_temp_dir(data_dir)}",
     ]
-    env = _venv_env(
+
+
+def _ray_env(head: str) -> dict[str, str]:
+    return _venv_env(
         # Ray's own processes look the cluster up by "auto" in places (the state API), which
         # fails once a second local cluster runs; point them at this one.
-        RAY_API_SERVER_ADDRESS=url,
+        RAY_API_SERVER_ADDRESS=head,
         RAY_AUTH_MODE="disabled",
         RAY_USAGE_STATS_ENABLED="0",
         # Ray Train V2 otherwise waits ~2 s per report for its health check.
         RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
         **SERVE_PROCESS_ENV,
     )
-    service = _spawn("ray head", url, argv, env, data_dir / "ray-head.log", _RAY_GRACE_SECONDS)
-    _wait_http(f"{url}/api/version", service, timeout)
-    _wait_http(f"{url}/api/jobs/", service, timeout)
-    return url
 
 
 def start_local_mlflow(data_dir: Path, timeout: float = 120.0) -> str:
@@ -263,6 +330,15 @@ def stop(url: str) -> None:
     service = _running.get(url)
     if service:
         service.stop()
+
+
+def kill(url: str) -> None:
+    """End the service started at `url` at once, every process of it, as a lost machine ends."""
+    service = _running.pop(url, None)
+    if service:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(service.process.pid, signal.SIGKILL)
+        service.process.wait()
 
 
 def _supervise(argv: list[str], grace_seconds: float) -> int:
