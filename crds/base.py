@@ -8,13 +8,28 @@ to the field as CEL (`x-kubernetes-validations`) *and* enforced by a Pydantic va
 
 from __future__ import annotations
 
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from kubernetes.utils import parse_quantity
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import core_schema
 
 GROUP = "mlplane.dev"
 VERSION = "v1alpha1"
@@ -62,32 +77,51 @@ def _integer_or_string(value: Any) -> Any:
     return value
 
 
-def _check_quantity(value: int | str) -> int | str:
-    try:
-        parse_quantity(value)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is not a Kubernetes quantity such as 4, 500m or 16Gi"
-        ) from None
-    return value
+def _quantity_at_most(maximum: str) -> Callable[[int | str], int | str]:
+    def check(value: int | str) -> int | str:
+        try:
+            amount = parse_quantity(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a Kubernetes quantity such as 4, 500m or 16Gi"
+            ) from None
+        if not 0 <= amount <= parse_quantity(maximum):
+            raise ValueError(f"{value!r} must be between 0 and {maximum}")
+        return value
+
+    return check
 
 
-Quantity = Annotated[
-    int | str,
-    BeforeValidator(_integer_or_string),
-    AfterValidator(_check_quantity),
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "x-kubernetes-int-or-string": True,
-            "pattern": QUANTITY_PATTERN,
-        }
-    ),
-]
-"""A Kubernetes quantity (`4`, `500m`, `16Gi`), checked with the kubernetes client's own parser.
+def bounded_quantity(maximum: str) -> Any:
+    """A Kubernetes quantity (`4`, `500m`, `16Gi`) from 0 to `maximum`, checked with the kubernetes
+    client's own parser here and Kubernetes' CEL quantity library on the API server.
 
-An integer or a string, as the API server's int-or-string allows: half a CPU is `500m` or `"0.5"`.
-"""
+    An integer or a string, as the API server's int-or-string allows: half a CPU is `500m` or
+    `"0.5"`. The bound keeps `1e308` out of the arithmetic that places and queues the work.
+    """
+    in_range = (
+        f"type(self) == int ? self >= 0 && self <= {int(parse_quantity(maximum))} : "
+        f"isQuantity(self) && quantity(self).compareTo(quantity('0')) >= 0 && "
+        f"quantity(self).compareTo(quantity('{maximum}')) <= 0"
+    )
+    return Annotated[
+        int | str,
+        BeforeValidator(_integer_or_string),
+        AfterValidator(_quantity_at_most(maximum)),
+        WithJsonSchema(
+            {
+                "anyOf": [{"type": "integer"}, {"type": "string"}],
+                "x-kubernetes-int-or-string": True,
+                "pattern": QUANTITY_PATTERN,
+                "maxLength": 32,
+                **validations(cel(in_range, f"must be a quantity between 0 and {maximum}")),
+            }
+        ),
+    ]
+
+
+Cpu = bounded_quantity("1024")
+Memory = bounded_quantity("64Ti")
 
 
 def quantity_value(quantity: int | str) -> Decimal:
@@ -98,21 +132,115 @@ FreeForm = Annotated[
     dict[str, Any],
     WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
 ]
-"""A free-form map (hyperparameters, model params): the API server keeps it as written."""
+"""A free-form map the API server keeps as written (the operator's own bookkeeping)."""
+
+MAX_PARAMETERS = 256
+MAX_PARAMETERS_BYTES = 64 * 1024
+MAX_PARAMETERS_DEPTH = 16
+
+
+def _plain_json(value: dict[str, Any]) -> dict[str, Any]:
+    """Finite numbers, bounded depth and size: what a runner can pass on without overflowing."""
+    if len(value) > MAX_PARAMETERS:
+        raise ValueError(f"{len(value)} keys; at most {MAX_PARAMETERS}")
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_PARAMETERS_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_PARAMETERS_DEPTH} levels")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    try:
+        size = len(json.dumps(value, allow_nan=False))
+    except ValueError:
+        raise ValueError("numbers must be finite (no .nan or .inf)") from None
+    if size > MAX_PARAMETERS_BYTES:
+        raise ValueError(f"{size} bytes as JSON; at most {MAX_PARAMETERS_BYTES}")
+    return value
+
+
+Parameters = Annotated[
+    dict[str, Any],
+    AfterValidator(_plain_json),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "maxProperties": MAX_PARAMETERS,
+        }
+    ),
+]
+"""Free-form settings (hyperparameters, model params), kept as written: at most 256 keys, 64 KiB
+as JSON, 16 levels deep, finite numbers."""
+
+
+def _plain_scalar(value: bool | int | float | str) -> bool | int | float | str:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (no .nan or .inf)")
+    if isinstance(value, str) and len(value) > 1024:
+        raise ValueError(f"{len(value)} characters; at most 1024")
+    return value
+
 
 Scalar = Annotated[
     bool | int | float | str,
+    AfterValidator(_plain_scalar),
     WithJsonSchema({"x-kubernetes-preserve-unknown-fields": True}),
 ]
+"""A boolean, finite number or string of at most 1024 characters (a hyperparameter's value)."""
+
+
+@dataclass(frozen=True)
+class MapBounds:
+    """Bounds on a map's entries and keys (`Annotated[dict[str, ...], MapBounds(64)]`), checked
+    alike by `mlplane validate` and the API server.
+
+    Key rules are CEL: the API server's structural schemas have no `propertyNames`.
+    """
+
+    max_entries: int
+    key_pattern: str = r"^.+$"
+    max_key: int = 256
+
+    def _check(self, entries: dict[str, Any]) -> dict[str, Any]:
+        if len(entries) > self.max_entries:
+            raise ValueError(f"{len(entries)} entries; at most {self.max_entries}")
+        for key in entries:
+            if len(key) > self.max_key or not re.match(self.key_pattern, key):
+                raise ValueError(f"key {key[:64]!r} must match {self._keys}")
+        return entries
+
+    @property
+    def _keys(self) -> str:
+        return f"{self.key_pattern} (at most {self.max_key} characters)"
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        json_schema = handler(schema)
+        json_schema["maxProperties"] = self.max_entries
+        rule = f"self.all(k, size(k) <= {self.max_key} && k.matches('{self.key_pattern}'))"
+        json_schema.setdefault("x-kubernetes-validations", []).append(
+            cel(rule, f"keys must match {self._keys}")
+        )
+        return json_schema
+
+
+ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class Resources(ApiModel):
     """CPU, memory and GPUs for one process (a Ray Train worker or a Serve replica)."""
 
-    cpu: Quantity = 1
-    """CPUs, as a Kubernetes quantity (`2`, `500m`)."""
-    memory: Quantity | None = None
-    """Memory, as a Kubernetes quantity (`16Gi`). Unset: no explicit reservation."""
+    cpu: Cpu = 1
+    """CPUs, as a Kubernetes quantity (`2`, `500m`), at most 1024."""
+    memory: Memory | None = None
+    """Memory, as a Kubernetes quantity (`16Gi`), at most 64Ti. Unset: no explicit reservation."""
     gpu: int = Field(default=0, ge=0, le=16)
     """Whole GPUs (`nvidia.com/gpu`)."""
 
@@ -221,7 +349,7 @@ class Progress(ApiModel):
     """Estimated seconds left."""
 
 
-Phase = Literal["Pending", "Queued", "Starting", "Running", "Succeeded", "Failed", "Cancelled"]
+Phase = Literal["Pending", "Queued", "Starting", "Running", "Succeeded", "Failed"]
 
 
 class RunStatus(ApiModel):
@@ -230,7 +358,7 @@ class RunStatus(ApiModel):
     model_config = ConfigDict(extra="ignore")
 
     phase: Phase | None = None
-    """Pending, Queued, Starting, Running, Succeeded, Failed or Cancelled."""
+    """Pending, Queued, Starting, Running, Succeeded or Failed."""
     observed_generation: int | None = None
     """The metadata.generation the operator last acted on."""
     conditions: list[Condition] = Field(default_factory=list, json_schema_extra=CONDITIONS_LIST)

@@ -1,4 +1,4 @@
-"""The three kinds and their CustomResourceDefinitions, generated from the Pydantic models."""
+"""The kinds and their CustomResourceDefinitions, generated from the Pydantic models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from mlplane.crds.base import GROUP, VERSION
+from mlplane.crds.gpuquota import GPUQuota, GPUQuotaSpec, GPUQuotaStatus
 from mlplane.crds.modeldeployment import ModelDeployment, ModelDeploymentSpec, ModelDeploymentStatus
+from mlplane.crds.nodepool import NodePool, NodePoolSpec, NodePoolStatus
 from mlplane.crds.schema import structural_schema
 from mlplane.crds.trainingjob import TrainingJob, TrainingJobSpec, TrainingJobStatus
 from mlplane.crds.tuningsweep import TuningSweep, TuningSweepSpec, TuningSweepStatus
@@ -26,6 +28,7 @@ class Kind:
     spec: type[BaseModel]
     status: type[BaseModel]
     columns: tuple[dict[str, Any], ...]
+    namespaced: bool = True
 
     @property
     def crd_name(self) -> str:
@@ -99,6 +102,37 @@ KINDS: dict[str, Kind] = {
                 _AGE,
             ),
         ),
+        Kind(
+            kind="GPUQuota",
+            plural="gpuquotas",
+            short_name="gq",
+            description="The GPUs of each node pool the work in one namespace may hold at once.",
+            resource=GPUQuota,
+            spec=GPUQuotaSpec,
+            status=GPUQuotaStatus,
+            columns=(
+                _column("Used", ".status.summary"),
+                _column("Waiting", ".status.waiting", "integer"),
+                _AGE,
+            ),
+        ),
+        Kind(
+            kind="NodePool",
+            plural="nodepools",
+            short_name="np",
+            description="A group of nodes work can be placed on, and its GPUs.",
+            resource=NodePool,
+            spec=NodePoolSpec,
+            status=NodePoolStatus,
+            columns=(
+                _column("Nodes", ".status.nodes", "integer"),
+                _column("GPUs", ".status.summary"),
+                _column("Waiting", ".status.waiting", "integer"),
+                _column("Product", ".spec.gpuProduct", priority=1),
+                _AGE,
+            ),
+            namespaced=False,
+        ),
     )
 }
 
@@ -114,7 +148,7 @@ def crd(kind: Kind) -> dict[str, Any]:
         "metadata": {"name": kind.crd_name},
         "spec": {
             "group": GROUP,
-            "scope": "Namespaced",
+            "scope": "Namespaced" if kind.namespaced else "Cluster",
             "names": {
                 "kind": kind.kind,
                 "listKind": f"{kind.kind}List",

@@ -1,6 +1,6 @@
 """Write the generated files: the CRD YAML beside the models and docs/api.md.
 
-`make generate` runs this; `tests/unit/test_generated.py` fails when the committed files are stale.
+`make generate` runs this; `tests/unit/test_crds.py` fails when the committed files are stale.
 """
 
 from __future__ import annotations

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from mlplane.crds.base import (
     API_VERSION,
     CONDITIONS_LIST,
+    ENV_VAR_NAME,
     NAME_PATTERN,
     ApiModel,
     Condition,
     FreeForm,
+    MapBounds,
     ObjectMeta,
     Resources,
     cel,
@@ -21,6 +24,10 @@ from mlplane.crds.base import (
     validations,
 )
 
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""The largest prediction request a replica reads by default (413 over it): 4 MiB holds a full
+batch of wide rows, while a body many times that is an attack, not a batch."""
+MAX_REQUEST_BYTES_LIMIT = 64 * 1024 * 1024
 MODEL_URI_PATTERN = r"^(models:/|runs:/|s3://).+"
 
 
@@ -62,7 +69,7 @@ class Replicas(ApiModel):
     """Fewest replicas (0 scales to zero)."""
     max: int = Field(default=1, ge=1, le=1000)
     """Most replicas."""
-    target_ongoing_requests: float = Field(default=2, gt=0)
+    target_ongoing_requests: float = Field(default=2, gt=0, le=10000)
     """Requests in flight per replica that autoscaling aims for."""
 
     model_config = ApiModel.model_config | {
@@ -100,6 +107,11 @@ class RayServing(ApiModel):
     """Request batching."""
     route_prefix: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9/_-]*$", max_length=256)
     """HTTP path. Unset: `/<namespace>/<name>`."""
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES, ge=1024, le=MAX_REQUEST_BYTES_LIMIT
+    )
+    """Largest request body a replica reads, in bytes (default 4 MiB, at most 64 MiB); a longer
+    one is answered 413 without being read."""
 
 
 class Guard(ApiModel):
@@ -107,7 +119,7 @@ class Guard(ApiModel):
 
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     """Largest tolerated share of failed requests on the canary."""
-    max_latency_p99_ms: float | None = Field(default=None, gt=0)
+    max_latency_p99_ms: float | None = Field(default=None, gt=0, le=3_600_000)
     """Largest tolerated p99 latency on the canary."""
 
 
@@ -196,26 +208,57 @@ class SecretRef(ApiModel):
     aws_session_token (or the same names in upper case, as for envFrom)."""
 
 
+# Link-local addresses (AWS, GCP and Azure metadata: 169.254.169.254, fd00:ec2::254), Alibaba's
+# 100.100.100.200, metadata host names; hosts written as one decimal or hex number, which can be
+# any address; and a user@ before the host, which hides it.
+METADATA_SERVICE_URL = (
+    r"^https?://(\[?(fe80:|fd00:ec2:)|169\.254\.|100\.100\.100\.200|metadata([.:/]|$)"
+    r"|(0x[0-9a-fA-F]+|[0-9]+)([:/]|$)|[^/?#]*@)"
+)
+METADATA_SERVICE_REFUSAL = "must not be a link-local or cloud metadata address, nor carry user@"
+
+
+def _not_metadata_service(url: str | None) -> str | None:
+    if url and re.match(METADATA_SERVICE_URL, url):
+        raise ValueError(METADATA_SERVICE_REFUSAL)
+    return url
+
+
+EndpointUrl = Annotated[
+    str,
+    Field(
+        pattern=r"^https?://.+",
+        max_length=2048,
+        json_schema_extra=validations(
+            cel(f"!self.matches(r'{METADATA_SERVICE_URL}')", METADATA_SERVICE_REFUSAL)
+        ),
+    ),
+    AfterValidator(_not_metadata_service),
+]
+
+
 SAGEMAKER_NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"
 
 
 class SageMakerServing(ApiModel):
     """How the model is served on a SageMaker endpoint."""
 
-    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$", max_length=32)
     """AWS region, e.g. eu-west-1."""
     role_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$", max_length=2048)
     """The execution role SageMaker assumes (reads model.tar.gz, pulls the image)."""
-    instance_type: str = Field(default="ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    instance_type: str = Field(
+        default="ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$", max_length=64
+    )
     """Instance type, e.g. ml.m5.large. Changing it deploys a new EndpointConfig."""
     instance_count: int = Field(default=1, ge=1, le=100)
     """Instances behind the endpoint; changed in place, without a new EndpointConfig."""
     image: str | None = Field(default=None, max_length=2048)
     """Serving container image. Unset: SageMaker's XGBoost image for an xgboost model, else
     MLflow's pyfunc image (`mlflow sagemaker build-and-push-container`) in the role's account."""
-    environment: dict[str, str] = Field(
-        default_factory=dict, json_schema_extra={"maxProperties": 64}
-    )
+    environment: Annotated[
+        dict[str, Annotated[str, Field(max_length=1024)]], MapBounds(64, ENV_VAR_NAME, 1024)
+    ] = Field(default_factory=dict)
     """Extra environment variables of the serving container."""
     artifact_bucket: str | None = Field(
         default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", max_length=63
@@ -226,15 +269,16 @@ class SageMakerServing(ApiModel):
     existing endpoint takes it over only with the annotation `mlplane.dev/adopt: "true"`."""
     variant_name: str = Field(default="AllTraffic", pattern=SAGEMAKER_NAME_PATTERN, max_length=63)
     """The production variant; an adopted endpoint's must match for blue/green updates."""
-    endpoint_url: str | None = Field(default=None, pattern=r"^https?://.+", max_length=2048)
-    """Custom AWS endpoint for SageMaker and S3 (VPC endpoints, or a local moto server)."""
+    endpoint_url: EndpointUrl | None = None
+    """Custom AWS endpoint for SageMaker and S3 (VPC endpoints, or a local moto server); never a
+    cloud metadata service, where the operator would send its signed requests."""
     credentials_secret: SecretRef | None = None
     """Credentials from a Secret; unset uses the operator's ambient identity (IRSA)."""
     serverless: Serverless | None = None
     """Serverless inference instead of instances."""
     deployment: SageMakerDeployment = Field(default_factory=SageMakerDeployment)
     """Traffic shifting on update."""
-    tags: dict[str, str] = Field(
+    tags: dict[str, Annotated[str, Field(max_length=256)]] = Field(
         default_factory=dict,
         json_schema_extra={
             "maxProperties": 40,
@@ -246,8 +290,8 @@ class SageMakerServing(ApiModel):
             ),
         },
     )
-    """AWS tags on the model, endpoint config and endpoint; changes are applied to the endpoint
-    in place. Keys starting with `mlplane.dev/` are the operator's."""
+    """AWS tags on the model, endpoint config and endpoint (values up to 256 characters); changes
+    are applied to the endpoint in place. Keys starting with `mlplane.dev/` are the operator's."""
 
     @field_validator("tags")
     @classmethod
@@ -332,7 +376,8 @@ class ServingMetrics(ApiModel):
     p99_ms: float | None = None
     """99th percentile latency."""
     error_rate: float = 0
-    """Share of requests that failed."""
+    """Share of the requests the model answered that failed (5xx); client errors (4xx) are
+    not counted."""
 
 
 class ReplicaCounts(ApiModel):

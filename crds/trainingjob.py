@@ -9,10 +9,12 @@ from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from mlplane.crds.base import (
     API_VERSION,
+    ENV_VAR_NAME,
     NAME_PATTERN,
     ApiModel,
-    FreeForm,
+    MapBounds,
     ObjectMeta,
+    Parameters,
     Resources,
     RunStatus,
     cel,
@@ -24,6 +26,7 @@ SKLEARN_DATASETS = ("breast_cancer", "digits", "wine", "iris", "diabetes")
 DATASET_SCHEMES = ("s3", "file", "sklearn")
 ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 GATE_PATTERN = r"^\s*(>=|<=|==|>|<)\s*(-?[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?)\s*$"
+MAX_DEADLINE_SECONDS = 366 * 24 * 3600
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 ALIAS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 
@@ -37,7 +40,7 @@ class Split(ApiModel):
     """Share of rows held out for the final evaluation and the gates."""
     strategy: Literal["stratified", "random", "time", "group"] = "stratified"
     """stratified (by label; falls back to random for regression), random, time or group."""
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
     """Seed for the shuffle, so a rerun sees the same rows."""
     time_column: str | None = Field(default=None, max_length=256)
     """With strategy time: the column that orders rows; the latest rows become test."""
@@ -101,7 +104,9 @@ class Dataset(ApiModel):
     """`s3://bucket/key.parquet`, `file:///data/train.csv` (CSV or Parquet) or `sklearn://<name>`."""
     label: str = Field(min_length=1, max_length=256)
     """The column to predict."""
-    features: list[str] | None = Field(default=None, max_length=4096)
+    features: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None, max_length=4096
+    )
     """Columns to train on. Unset: every column but the label (and split columns)."""
     split: Split = Field(default_factory=Split)
     """Train / validation / test split."""
@@ -112,24 +117,53 @@ class Model(ApiModel):
 
     task: Literal["auto", "classification", "regression"] = "auto"
     """auto decides from the label: integers or strings with few values mean classification."""
-    params: FreeForm = Field(default_factory=dict)
+    params: Parameters = Field(default_factory=dict)
     """Architecture parameters; for the torch MLP `hidden` (layer widths) and `dropout`."""
     entrypoint: str | None = Field(default=None, pattern=ENTRYPOINT_PATTERN, max_length=512)
     """`package.module:function`: your train_loop_per_worker instead of the built-in model."""
 
 
+class SecretName(ApiModel):
+    """A Secret in the resource's own namespace."""
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=253)
+    """The Secret's name."""
+
+
+class EnvFromSecret(ApiModel):
+    """Every key of a Secret as an environment variable, as a pod's `envFrom` does."""
+
+    secret_ref: SecretName
+    """The Secret; keys that are not environment variable names are left out."""
+
+
 class RuntimeEnv(ApiModel):
     """Ray runtime_env for custom code: what the workers install and see."""
 
-    pip: list[str] = Field(default_factory=list, max_length=256)
-    """Extra pip requirements."""
+    pip: list[Annotated[str, Field(pattern=r"^[^-\s]", max_length=1024)]] = Field(
+        default_factory=list, max_length=256
+    )
+    """Extra pip requirements, e.g. `lightgbm==4.6.0`; pip options (`--index-url`) are refused:
+    the platform's pip configuration decides where packages come from."""
     working_dir: str | None = Field(default=None, max_length=2048)
     """The code directory every worker runs in: a local path with `mlplane run`; on a cluster a
-    remote .zip (s3://, gs://, https://), as `mlplane package` uploads it."""
-    py_modules: list[str] = Field(default_factory=list, max_length=64)
-    """Extra package directories (local with `mlplane run`) or remote .zip archives."""
-    env_vars: dict[str, str] = Field(default_factory=dict)
-    """Environment variables for every worker."""
+    remote .zip (s3://, gs://, https:// or http://), as `mlplane package` uploads it."""
+    py_modules: list[Annotated[str, Field(min_length=1, max_length=2048)]] = Field(
+        default_factory=list, max_length=64
+    )
+    """Extra package directories: local paths with `mlplane run`; on a cluster remote .zip
+    archives, as `mlplane package` uploads them."""
+    env_vars: Annotated[
+        dict[str, Annotated[str, Field(max_length=32768)]], MapBounds(256, ENV_VAR_NAME)
+    ] = Field(default_factory=dict)
+    """Environment variables for every worker: at most 256, names like `MY_SETTING`. The whole
+    runtimeEnv travels on the job's command line, so it may take at most 64 KiB."""
+    env_from: list[EnvFromSecret] = Field(default_factory=list, max_length=16)
+    """Credentials the job needs (S3 keys, MLFLOW_TRACKING_USERNAME and _PASSWORD), from Secrets
+    in the resource's namespace: every key becomes an environment variable of the driver and
+    every worker. The kuberay backend puts them on the Ray pods as `envFrom`, never into the
+    RayJob; the ray backend's operator reads them (with the chart's
+    `rbac.readCredentialsSecrets`) and passes them to this job's runtime env only."""
 
 
 class EarlyStopping(ApiModel):
@@ -176,8 +210,10 @@ class Tracking(ApiModel):
     """Register the trained model under this name when the gates pass."""
     alias: str | None = Field(default=None, pattern=ALIAS_PATTERN, max_length=128)
     """Point this alias (e.g. candidate) at the new version."""
-    tags: dict[str, str] = Field(default_factory=dict)
-    """Extra tags on the MLflow run."""
+    tags: Annotated[
+        dict[str, Annotated[str, Field(max_length=5000)]], MapBounds(64, max_key=250)
+    ] = Field(default_factory=dict)
+    """Extra tags on the MLflow run: at most 64, keys up to 250 characters (MLflow's limit)."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(
@@ -200,6 +236,7 @@ def _parse_gate(condition: str) -> str:
 
 Gate = Annotated[
     str,
+    Field(max_length=64),
     AfterValidator(_parse_gate),
     WithJsonSchema({"type": "string", "pattern": GATE_PATTERN, "maxLength": 64}),
 ]
@@ -216,7 +253,7 @@ class TrainingJobSpec(ApiModel):
     """Built-in model settings, or a custom entrypoint."""
     runtime_env: RuntimeEnv | None = None
     """Ray runtime_env for custom code."""
-    hyperparameters: FreeForm = Field(default_factory=dict)
+    hyperparameters: Parameters = Field(default_factory=dict)
     """Framework hyperparameters, e.g. eta, max_depth, num_boost_round or lr, epochs, batch_size."""
     early_stopping: EarlyStopping | None = None
     """Stop when a validation metric stops improving."""
@@ -226,7 +263,7 @@ class TrainingJobSpec(ApiModel):
     """Checkpoint frequency and retention."""
     retries: int = Field(default=0, ge=0, le=10)
     """Retries after a failed attempt; each resumes from the latest checkpoint."""
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=MAX_DEADLINE_SECONDS)
     """Fail the job (reason DeadlineExceeded) when it runs longer than this."""
     priority: int = Field(default=0, ge=-1000, le=1000)
     """Higher is admitted first when GPUs are short; FIFO within a priority."""
@@ -234,7 +271,7 @@ class TrainingJobSpec(ApiModel):
     """A Kueue LocalQueue: Kueue admits the work instead of mlplane's own quota."""
     tracking: Tracking = Field(default_factory=Tracking)
     """MLflow experiment and registration."""
-    gates: dict[str, Gate] = Field(default_factory=dict, max_length=32)
+    gates: Annotated[dict[str, Gate], MapBounds(32, max_key=250)] = Field(default_factory=dict)
     """Conditions on test-split metrics that must hold to register, e.g. roc_auc: ">= 0.95"."""
 
     model_config = ApiModel.model_config | {

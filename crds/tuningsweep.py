@@ -18,18 +18,25 @@ from mlplane.crds.base import (
     immutable,
     validations,
 )
-from mlplane.crds.trainingjob import ALIAS_PATTERN, MODEL_NAME_PATTERN, TrainingJobSpec
+from mlplane.crds.trainingjob import (
+    ALIAS_PATTERN,
+    MAX_DEADLINE_SECONDS,
+    MODEL_NAME_PATTERN,
+    TrainingJobSpec,
+)
 
+# Far beyond any hyperparameter, well inside what float arithmetic on samples keeps exact enough.
+MAX_BOUND = 1e12
 PARAM_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 
 
 class Range(ApiModel):
     """A closed interval of numbers."""
 
-    low: float
-    """Lower bound."""
-    high: float
-    """Upper bound; must be above low."""
+    low: float = Field(ge=-MAX_BOUND, le=MAX_BOUND)
+    """Lower bound, within ±1e12."""
+    high: float = Field(ge=-MAX_BOUND, le=MAX_BOUND)
+    """Upper bound, within ±1e12; must be above low."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": validations(cel("self.low < self.high", "low must be below high"))
@@ -116,7 +123,7 @@ class TrialEarlyStopping(ApiModel):
 
     algorithm: Literal["asha", "none"] = "asha"
     """asha, or none to run every trial to the end."""
-    grace_period: int = Field(default=5, ge=1)
+    grace_period: int = Field(default=5, ge=1, le=100000)
     """Epochs every trial gets before it can be pruned."""
     reduction_factor: int = Field(default=3, ge=2, le=10)
     """Only 1/reductionFactor of trials go on at each rung."""
@@ -129,7 +136,7 @@ class Trials(ApiModel):
     """Trials in total."""
     parallel: int = Field(default=1, ge=1, le=256)
     """Trials running at once."""
-    max_failures: int = Field(default=0, ge=0)
+    max_failures: int = Field(default=0, ge=0, le=10000)
     """Failed trials tolerated before the sweep fails."""
 
     model_config = ApiModel.model_config | {
@@ -178,7 +185,7 @@ class TuningSweepSpec(ApiModel):
     """Trial pruning."""
     trials: Trials = Field(default_factory=Trials)
     """Trial budget and parallelism."""
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=MAX_DEADLINE_SECONDS)
     """Fail the sweep when it runs longer than this."""
     priority: int = Field(default=0, ge=-1000, le=1000)
     """Higher is admitted first when GPUs are short."""

@@ -27,6 +27,12 @@ class Decision:
     admitted: bool
     queue: Queue
     message: str
+    reason: str = "Admitted"
+    """Why work waits, for the Admitted condition: WaitingForQuota (its namespace's quota is
+    in use), WaitingForCapacity (the pool is in use), WaitingForEarlierWork (it would fit, but
+    earlier work waits ahead of it), ExceedsQuota (it asks more than its namespace may ever
+    hold: it waits for the quota to grow, and the work behind it goes ahead), or
+    ExceedsPoolCapacity (more than the pool has: it can never start)."""
 
 
 class Admission(Protocol):

@@ -198,3 +198,69 @@ def operator(
             liveness_endpoint=liveness,
         )
     )
+
+
+@app.command()
+def queue(
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Only this namespace (default: all).")
+    ] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Show it again every --interval seconds.")
+    ] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between views.")] = 2.0,
+) -> None:
+    """Node pools, GPU quotas and the runs waiting for GPUs, with their reasons and positions.
+
+    Read from the cluster in KUBECONFIG: who holds each pool's GPUs, each GPUQuota's use, and
+    the queue in line order. With --watch on a terminal it redraws in place; piped, it prints
+    each view in turn.
+    """
+    import sys
+    import time
+
+    from kubernetes import client
+    from kubernetes.config import ConfigException
+    from rich.console import Console, RenderableType
+    from rich.live import Live
+    from urllib3.exceptions import HTTPError
+
+    from mlplane.operator.kube_client import connect
+    from mlplane.operator.queue_view import read, render
+
+    try:
+        api = connect()
+    except ConfigException as error:
+        typer.echo(f"mlplane queue: no cluster: {error}", err=True)
+        raise typer.Exit(1) from None
+    # Piped, a table keeps its rows whole (kubectl does not wrap either).
+    console = Console() if sys.stdout.isatty() else Console(width=500)
+
+    def view() -> RenderableType:
+        try:
+            return render(read(api, namespace))
+        except client.ApiException as error:
+            typer.echo(f"mlplane queue: {error.status} {error.reason}: {error.body}", err=True)
+        except HTTPError as error:
+            typer.echo(f"mlplane queue: {api.configuration.host}: {error}", err=True)
+        raise typer.Exit(1)
+
+    def show(renderable: RenderableType) -> None:
+        if console.is_terminal:
+            console.print(renderable)
+            return
+        with console.capture() as captured:  # piped: no padding after the last column
+            console.print(renderable)
+        typer.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+    if not watch:
+        show(view())
+        return
+    if not console.is_terminal:
+        while True:
+            show(view())
+            time.sleep(interval)
+    with Live(view(), console=console, auto_refresh=False) as live:
+        while True:
+            time.sleep(interval)
+            live.update(view(), refresh=True)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.metadata
 import ipaddress
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from mlplane.operator.cluster import nodepools
@@ -50,6 +52,22 @@ class NodePool(BaseModel):
     """GPUs on each node; 0 for a CPU pool."""
     nodes: int = 0
     """Nodes in the pool; with gpus_per_node, the pool's GPU capacity. 0: capacity unknown."""
+    counted: int | None = None
+    """A NodePool resource's GPUs in all, counted from its nodes' allocatable; then `nodes` and
+    `gpus_per_node` are counted too. None for a configured pool."""
+
+    @property
+    def capacity(self) -> int | None:
+        """GPUs in all; None when unknown (a pool without nodes, which an autoscaler may be
+        adding, is limited by nothing but the scheduler)."""
+        if not self.nodes:
+            return None
+        return self.gpus_per_node * self.nodes if self.counted is None else self.counted
+
+    @property
+    def nodes_known(self) -> bool:
+        """Whether its nodes' GPUs are known: configured, or counted from nodes that exist."""
+        return self.counted is None or self.nodes > 0
 
     @classmethod
     def from_file(cls, path: Path) -> list[NodePool]:
@@ -66,6 +84,28 @@ class NodePool(BaseModel):
             )
             for pool in pools.pools
         ]
+
+
+class CodePolicy(BaseModel):
+    """What custom code the jobs of some namespaces may bring. Without a policy: anything."""
+
+    namespaces: str = "*"
+    """The namespaces it covers, as a shell pattern (`team-*`); the first policy that matches a
+    resource's namespace is its policy."""
+    entrypoint_modules: list[str] = Field(default_factory=list)
+    """Modules (with their submodules) a `spec.model.entrypoint` may name, e.g. `team_a_models`.
+    Empty: any module."""
+    pip: bool = True
+    """Whether `runtimeEnv.pip` may install packages at all."""
+    pip_index_url: str | None = None
+    """The package index `runtimeEnv.pip` installs from (pip's `--index-url`). Unset: the Ray
+    nodes' own pip configuration."""
+
+    def allows_module(self, module: str) -> bool:
+        return not self.entrypoint_modules or any(
+            module == allowed or module.startswith(f"{allowed}.")
+            for allowed in self.entrypoint_modules
+        )
 
 
 class OperatorConfig(BaseSettings):
@@ -91,6 +131,10 @@ class OperatorConfig(BaseSettings):
     node_pools_file: Path | None = None
     """More node pools, from a file in the format of operator/cluster/nodepools.yaml (the local
     cluster's kwok pools); added to node_pools."""
+    node_pool_status: bool = True
+    """Write NodePools' status (their nodes, and the GPUs this operator's work holds and asks
+    for). NodePools are cluster-wide and each operator counts only the work of the namespaces
+    it serves: with several mlplane operators on one cluster, leave it on for one of them."""
     gpu_quotas: dict[str, dict[str, int]] = Field(default_factory=dict)
     """GPUs each namespace may hold per node pool ({namespace: {pool: gpus}}; unlisted: no
     limit), for the GPU ledger's admission (mlplane.operator.quota)."""
@@ -110,10 +154,25 @@ class OperatorConfig(BaseSettings):
     sagemaker_artifact_bucket: str | None = None
     """target sagemaker: the S3 bucket model.tar.gz files are uploaded to, unless a
     ModelDeployment names one (spec.sagemaker.artifactBucket)."""
+    sagemaker_endpoint_urls: list[str] = Field(default_factory=list)
+    """target sagemaker: custom endpoints (VPC interface endpoints, a local moto server) a
+    ModelDeployment may name in spec.sagemaker.endpointUrl; a URL there must start with one of
+    these. Empty: none may; deployments reach AWS's own endpoints. The operator sends its signed
+    requests wherever the URL points, so tenants never choose it alone."""
+    code_policies: list[CodePolicy] = Field(default_factory=list)
+    """Per namespace, what custom code jobs may bring (entrypoint modules, pip and its index).
+    Empty: any code, as on a cluster of one team."""
     checkpoint_storage: str | None = None
     """Where runs keep checkpoints: a place every Ray node sees. With the kuberay backend an
     s3:// or gs:// URI; with a Ray cluster at ray_address off this machine, such a URI or a
     path every node mounts. Unset: <data_dir>/checkpoints, seen only by a Ray on this machine."""
+
+    def code_policy(self, namespace: str) -> CodePolicy:
+        """The policy for `namespace`'s jobs: the first whose pattern matches, else an open one."""
+        return next(
+            (p for p in self.code_policies if fnmatch.fnmatchcase(namespace, p.namespaces)),
+            CodePolicy(),
+        )
 
     @model_validator(mode="after")
     def _pools_from_file(self) -> OperatorConfig:
@@ -157,8 +216,27 @@ class OperatorConfig(BaseSettings):
         # Set in every pod by the kubelet; the kubernetes client's in-cluster config reads it too.
         return "KUBERNETES_SERVICE_HOST" not in os.environ
 
+    _pool_resources: Callable[[], Iterable[NodePool]] = PrivateAttr(
+        default_factory=lambda: _no_pool_resources
+    )
+
+    def watch_pools(self, resources: Callable[[], Iterable[NodePool]]) -> None:
+        """Count the NodePool resources the operator watches among the pools: each takes the
+        place of the configured pool of its name, and is asked for at each use."""
+        self._pool_resources = resources
+
+    def pools(self) -> list[NodePool]:
+        """The node pools work can be placed on: configured ones first, in their order."""
+        live = {pool.name: pool for pool in self._pool_resources()}
+        configured = [live.pop(pool.name, pool) for pool in self.node_pools]
+        return configured + sorted(live.values(), key=lambda pool: pool.name)
+
     def pool(self, name: str) -> NodePool | None:
-        return next((p for p in self.node_pools if p.name == name), None)
+        return next((p for p in self.pools() if p.name == name), None)
+
+
+def _no_pool_resources() -> Iterable[NodePool]:
+    return ()
 
 
 def _on_this_machine(ray_address: str) -> bool:

@@ -14,6 +14,12 @@ The Ray head is started without `ray start --block`: in that mode any Ray subpro
 early (the Ray Client server gives up after 30 s when a loaded machine starts the raylet slowly)
 makes `ray start` tear the whole head down; the supervisor holds the process group instead.
 
+Ray's processes run every job's code, so they inherit only an allowlist of the starting process's
+environment (its Python, locale, proxies and package index, never its credentials) and a HOME of
+their own: a tenant's training function on the operator's head finds neither the operator's AWS
+keys nor its ~/.aws or ~/.kube. What a job needs comes from its spec. `mlplane run`, the user's
+own run on their own machine, passes its whole environment on, as a script would see it.
+
 Ray's token authentication is turned off for the local head (`RAY_AUTH_MODE=disabled`): every
 port is bound to 127.0.0.1, so only local users can reach it, and the Jobs API client (the ray
 backend) then needs no token file. A shared or remote cluster keeps its own auth settings.
@@ -36,6 +42,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,13 +116,14 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {SERVER_PORTS.start}-{SERVER_PORTS.stop - 1}")
 
 
-def _venv_env(**extra: str) -> dict[str, str]:
-    """This interpreter's environment, with its bin dir first so `python` means this venv.
+def _venv_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """`base` (this interpreter's environment if None), with its bin dir first so `python`
+    means this venv.
 
     Ray runs job entrypoints (`python -m mlplane.training …`) through a shell with the head's
     PATH; without this they could pick up another Python that has no mlplane.
     """
-    env = dict(os.environ)
+    env = dict(os.environ if base is None else base)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra)
     return env
@@ -188,11 +196,14 @@ def start_local_ray(
     num_cpus: int = 4,
     object_store_mb: int = 400,
     timeout: float = 180.0,
+    env: Mapping[str, str] | None = None,
 ) -> str:
     """Start a local Ray head bound to 127.0.0.1; return its dashboard (Jobs API) address.
 
     The CPU count and object store are explicit so the head never claims the whole machine, and
     every port is picked free, so it can run beside another Ray cluster (the defaults collide).
+    Ray's processes, and so every job, get only an allowlist of this process's environment
+    (never its credentials) plus `env`.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     dashboard_port = free_port()
@@ -208,9 +219,8 @@ def start_local_ray(
         f"--ray-client-server-port={free_port()}",
         f"--temp-dir={_ray_temp_dir(data_dir)}",
     ]
-    service = _spawn(
-        "ray head", url, argv, _ray_env(url), data_dir / "ray-head.log", _RAY_GRACE_SECONDS
-    )
+    ray_env = _ray_env(url, _home(data_dir), env or {})
+    service = _spawn("ray head", url, argv, ray_env, data_dir / "ray-head.log", _RAY_GRACE_SECONDS)
     _wait_http(f"{url}/api/version", service, timeout)
     _wait_http(f"{url}/api/jobs/", service, timeout)
     _heads[url] = f"{LOCALHOST}:{gcs_port}"
@@ -218,13 +228,19 @@ def start_local_ray(
 
 
 def start_local_ray_node(
-    head: str, data_dir: Path, num_cpus: int, object_store_mb: int = 200, timeout: float = 120.0
+    head: str,
+    data_dir: Path,
+    num_cpus: int,
+    object_store_mb: int = 200,
+    timeout: float = 120.0,
+    env: Mapping[str, str] | None = None,
 ) -> str:
     """Join one more Ray node on this machine to the head `start_local_ray` gave at `head`;
     return the node's Ray ID, which `stop` and `kill` take.
 
     A cluster of several raylets on one machine is how work spread over nodes, and the loss of
     one, is tried without more machines: each node has its own raylet, object store and workers.
+    Its environment is made as the head's (`start_local_ray`).
     """
     marker = f"mlplane_node_{uuid.uuid4().hex[:8]}"
     argv = [
@@ -236,7 +252,8 @@ def start_local_ray_node(
         f"--resources={json.dumps({marker: 1})}",
     ]
     log = data_dir / f"ray-node-{marker}.log"
-    service = _spawn("ray node", marker, argv, _ray_env(head), log, _RAY_GRACE_SECONDS)
+    ray_env = _ray_env(head, _home(data_dir), env or {})
+    service = _spawn("ray node", marker, argv, ray_env, log, _RAY_GRACE_SECONDS)
     deadline = time.monotonic() + timeout
     while (node_id := _node_with(head, marker)) is None:
         if service.process.poll() is not None or time.monotonic() > deadline:
@@ -266,6 +283,12 @@ def _node_with(head: str, resource: str) -> str | None:
     )
 
 
+def _home(data_dir: Path) -> Path:
+    home = data_dir / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
 def _ray_start_args(num_cpus: int, object_store_mb: int) -> list[str]:
     """`ray start` for any node of a local cluster: bound to 127.0.0.1, every port free."""
     return [
@@ -285,8 +308,28 @@ def _ray_start_args(num_cpus: int, object_store_mb: int) -> list[str]:
     ]
 
 
-def _ray_env(head: str) -> dict[str, str]:
+# What Ray's processes inherit from the process that starts them: enough to run this venv's
+# Python on this machine's GPUs, locale, network (proxies, CA bundles) and package index, never
+# its credentials (AWS keys, MLFLOW_TRACKING_*, KUBECONFIG, tokens). Every job runs user code in
+# these processes; what a job needs besides comes from its spec.
+_INHERITED = {
+    *("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME", "VIRTUAL_ENV"),
+    *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE"),
+    *("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"),
+}
+_INHERITED_PREFIXES = ("LC_", "RAY_", "CUDA_", "NVIDIA_", "OMP_", "LD_LIBRARY_PATH", "PIP_", "UV_")
+
+
+def _ray_env(head: str, home: Path, env: Mapping[str, str]) -> dict[str, str]:
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if name in _INHERITED or name.startswith(_INHERITED_PREFIXES)
+    }
+    # Its own HOME, so ~/.aws, ~/.kube and ~/.netrc of the starting user are not found.
+    base = {**inherited, "HOME": str(home), **env}
     return _venv_env(
+        base,
         # Ray's own processes look the cluster up by "auto" in places (the state API), which
         # fails once a second local cluster runs; point them at this one.
         RAY_API_SERVER_ADDRESS=head,
@@ -327,6 +370,7 @@ def start_local_mlflow(data_dir: Path, timeout: float = 120.0) -> str:
 
 def stop(url: str) -> None:
     """Stop the service started at `url` (a no-op if it is already gone)."""
+    _heads.pop(url, None)
     service = _running.get(url)
     if service:
         service.stop()

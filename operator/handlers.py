@@ -12,16 +12,18 @@ import asyncio
 import base64
 import logging
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import kopf
 from kubernetes import client
-from kubernetes import config as kubeconfig
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from mlplane.crds import KINDS
 from mlplane.crds.base import GROUP, VERSION
+from mlplane.crds.nodepool import NodePool as NodePoolResource
 from mlplane.crds.validation import parse_object
 from mlplane.operator.admission import Work
 from mlplane.operator.backends.aws import CredentialsUnavailable
@@ -32,11 +34,21 @@ from mlplane.operator.backends.kuberay import (
     pod_problem,
     unobserved,
 )
-from mlplane.operator.config import API_SERVER_REQUESTS, RECONCILE_THREADS, OperatorConfig
-from mlplane.operator.metrics import OperatorMetrics, seen
+from mlplane.operator.config import (
+    API_SERVER_REQUESTS,
+    RECONCILE_THREADS,
+    NodePool,
+    OperatorConfig,
+)
+from mlplane.operator.kube_client import connect
+from mlplane.operator.lifecycle import RunReconciler
+from mlplane.operator.metrics import ObserveLag, OperatorMetrics, seen
 from mlplane.operator.modeldeployment import DeletionPending
+from mlplane.operator.pool_resources import Node, as_node_pool, pool_status
+from mlplane.operator.quota import GpuLedger, GpuQuotas, quota_status
 from mlplane.operator.runtime import Runtime
 from mlplane.operator.status import TERMINAL_PHASES, Event, invalid_spec_status
+from mlplane.operator.watchdog import ENDLESS_BACKOFFS, ObserveWatchdog, OperatorStuck
 
 FINALIZER = f"{GROUP}/finalizer"
 
@@ -92,6 +104,25 @@ def _emit(body: Mapping[str, Any], events: list[Event]) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
+class StatusWriter:
+    """Writes a run's status within a step, ahead of kopf's patch at its end: an admission must
+    be on the resource before the launch that follows it (see RunReconciler.reconcile)."""
+
+    def __init__(self, kube: client.ApiClient, plural: str, body: kopf.Body) -> None:
+        self.objects = client.CustomObjectsApi(kube)
+        self.plural = plural
+        self.namespace, self.name = body.meta.namespace, body.meta.name
+        self.status: Mapping[str, Any] = body.status
+        """The status as the API server has it now: what kopf's patch is made against."""
+
+    def record(self, status: Any) -> None:
+        if patch := status_patch(status, self.status):
+            self.objects.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, self.plural, self.name, {"status": patch}
+            )
+        self.status = status.to_dict()
+
+
 class Reconciler(Protocol):
     def reconcile(self, resource: Any) -> Any: ...
 
@@ -111,18 +142,27 @@ def _register_kind(
     registry: kopf.OperatorRegistry,
     config: OperatorConfig,
     metrics: OperatorMetrics,
+    watchdog: ObserveWatchdog,
     kind: str,
     reconciler_of: Callable[[Runtime], Reconciler],
     ends: bool,
 ) -> None:
     """One timer that steps the resource (while it is active, for runs), a deletion handler, and
-    a watch of every change that keeps the metrics' view of the resource current."""
+    a watch of every change that keeps the metrics' and the watchdog's view of it current."""
     plural = KINDS[kind].plural
 
     @kopf.on.event(GROUP, VERSION, plural, id=f"metrics-{plural}", registry=registry)
     async def watched(body: kopf.Body, type: str | None, **_: Any) -> None:
-        state = None if type == "DELETED" else seen(kind, body)
-        metrics.view.update(body.meta["uid"], state)
+        gone = type == "DELETED"
+        metrics.view.update(body.meta["uid"], None if gone else seen(kind, body))
+        # kopf stops the timer of a resource being deleted; its deletion handler takes over.
+        timed = not gone and "deletionTimestamp" not in body.meta
+        watchdog.watched(
+            body.meta["uid"],
+            kind,
+            f"{body.meta.namespace}/{body.meta.name}",
+            active=timed and (not ends or _active(body.status, body.meta)),
+        )
 
     @kopf.timer(
         GROUP,
@@ -131,9 +171,18 @@ def _register_kind(
         id=f"observe-{plural}",
         interval=config.observe_interval_seconds,
         when=_active if ends else None,
+        # A step that raised (the API server or MLflow away) is tried again on the next
+        # interval, not after kopf's default minute.
+        backoff=config.observe_interval_seconds,
         registry=registry,
     )
     def observe(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        try:
+            _observe(body, patch, memo)
+        finally:
+            watchdog.observed(body.meta["uid"])
+
+    def _observe(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
         before = body.status.get("phase")
         with metrics.reconciling(kind):
             resource, problems = parse_object(_plain(body))
@@ -145,8 +194,15 @@ def _register_kind(
                     metrics.transition(kind, before, "Failed")
                     _emit(body, [Event("Warning", "InvalidSpec", "; ".join(reasons))])
                 return
-            step = reconciler_of(memo.runtime).reconcile(resource)
-        patch.status.update(status_patch(step.status, body.status))
+            reconciler = reconciler_of(memo.runtime)
+            if isinstance(reconciler, RunReconciler):
+                written = StatusWriter(memo.kube, plural, body)
+                step = reconciler.reconcile(resource, record=written.record)
+                stored = written.status
+            else:
+                step = reconciler.reconcile(resource)
+                stored = body.status
+        patch.status.update(status_patch(step.status, stored))
         metrics.transition(kind, before, step.status.phase)
         _emit(body, step.events)
 
@@ -223,6 +279,101 @@ def _first_of(index: kopf.Index[tuple[str, str], T]) -> Callable[[str, str], T |
     return first
 
 
+GPU_QUOTAS_INDEX = "gpu_quotas"
+
+
+def _register_gpu_quotas(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """GPUQuotas: an index the ledger reads on every decision, so an edit counts from the next
+    admission on, and a timer that writes what the namespace holds and who waits."""
+    plural = KINDS["GPUQuota"].plural
+
+    @kopf.index(GROUP, VERSION, plural, id=GPU_QUOTAS_INDEX, registry=registry)
+    async def gpu_quotas(body: kopf.Body, **_: Any) -> dict[str, dict[str, int]]:
+        quota, problems = parse_object(_plain(body))
+        if problems:
+            return {}  # the API server's schema refuses what the model would
+        return {body.meta.namespace: {pool.name: pool.gpus for pool in quota.spec.pools}}
+
+    _register_ledger_view(registry, config, plural, quota_status)
+
+
+def _register_ledger_view(
+    registry: kopf.OperatorRegistry,
+    config: OperatorConfig,
+    plural: str,
+    status_of: Callable[[Any, GpuLedger], Any | None],
+) -> None:
+    """A timer that writes what the GPU ledger says of each object of a kind (a GPUQuota's
+    namespace, a NodePool's nodes) into its status, every observe interval."""
+
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        plural,
+        id=f"observe-{plural}",
+        interval=config.observe_interval_seconds,
+        backoff=config.observe_interval_seconds,
+        registry=registry,
+    )
+    def observe(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        resource, problems = parse_object(_plain(body))
+        if problems or not isinstance(memo.runtime.admission, GpuLedger):
+            return  # the API server's schema refuses what the model would
+        status = status_of(resource, memo.runtime.admission)
+        if status is not None:
+            patch.status.update(status_patch(status, body.status))
+
+
+def _tightest(index: kopf.Index[str, dict[str, int]]) -> GpuQuotas:
+    """namespace → GPUs per pool its GPUQuotas allow (the least, if several name a pool)."""
+
+    def pools(namespace: str) -> dict[str, int] | None:
+        quotas = list(index.get(namespace, ()))
+        if not quotas:
+            return None
+        tightest: dict[str, int] = {}
+        for quota in quotas:
+            for pool, gpus in quota.items():
+                tightest[pool] = min(gpus, tightest.get(pool, gpus))
+        return tightest
+
+    return pools
+
+
+NODE_POOLS_INDEX = "node_pools"
+NODES_INDEX = "nodes"
+
+
+def _register_node_pools(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    """NodePools and the Nodes they count: indices the pools are made from at each use (an edit
+    or a node joining counts from the next admission on), and a timer that writes each pool's
+    nodes, GPUs and the work holding and waiting for them."""
+    plural = KINDS["NodePool"].plural
+
+    @kopf.index(GROUP, VERSION, plural, id=NODE_POOLS_INDEX, registry=registry)
+    async def node_pools(body: kopf.Body, **_: Any) -> dict[None, NodePoolResource]:
+        pool, problems = parse_object(_plain(body))
+        return {} if problems else {None: pool}  # the API server's schema refuses the same
+
+    @kopf.index("v1", "nodes", id=NODES_INDEX, registry=registry)
+    async def nodes(body: kopf.Body, **_: Any) -> dict[None, Node]:
+        return {None: Node.of(_plain(body))}
+
+    def status(resource: NodePoolResource, ledger: GpuLedger) -> Any:
+        pool = config.pool(resource.metadata.name)
+        return pool_status(resource, pool, ledger) if pool else None
+
+    if config.node_pool_status:
+        _register_ledger_view(registry, config, plural, status)
+
+
+def _pools_of(
+    resources: kopf.Index[None, NodePoolResource], nodes: kopf.Index[None, Node]
+) -> Callable[[], list[NodePool]]:
+    """The NodePool resources as node pools, counted from the nodes as they are at the call."""
+    return lambda: [as_node_pool(pool, nodes.get(None, ())) for pool in resources.get(None, ())]
+
+
 RAY_PODS_INDEX = "ray_pod_problems"
 
 
@@ -241,18 +392,6 @@ def _register_ray_pods_index(registry: kopf.OperatorRegistry) -> None:
         cluster = body.meta.labels.get("ray.io/cluster")
         problem = pod_problem(body)
         return {(body.meta.namespace, cluster): problem} if cluster and problem else {}
-
-
-def _kube_client() -> client.ApiClient:
-    """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG, as kubectl does. One connection per
-    reconcile thread, so none is opened (a TLS handshake) only to be discarded."""
-    configuration = client.Configuration()
-    try:
-        kubeconfig.load_incluster_config(client_configuration=configuration)
-    except kubeconfig.ConfigException:
-        kubeconfig.load_kube_config(client_configuration=configuration)
-    configuration.connection_pool_maxsize = RECONCILE_THREADS
-    return client.ApiClient(configuration)
 
 
 def bounded_session(info: kopf.ConnectionInfo) -> kopf.AiohttpSession:
@@ -286,10 +425,22 @@ def bounded_session(info: kopf.ConnectionInfo) -> kopf.AiohttpSession:
     )
 
 
-def _registered_model(namespace: str, name: str) -> str | None:
+def _api_server_answers() -> bool:
+    """Whether the API server answers now (its version, which every client may read)."""
+    try:
+        with connect() as api:
+            client.VersionApi(api).get_code(_request_timeout=5)
+    except ApiException as error:
+        return error.status < 500  # a 5xx is an API server not (yet) able to serve
+    except (HTTPError, OSError):
+        return False
+    return True
+
+
+def _registered_model(kube: client.ApiClient, namespace: str, name: str) -> str | None:
     """status.model.uri of a TrainingJob, for ModelDeployments that reference one."""
     try:
-        job = client.CustomObjectsApi().get_namespaced_custom_object(
+        job = client.CustomObjectsApi(kube).get_namespaced_custom_object(
             GROUP, VERSION, namespace, KINDS["TrainingJob"].plural, name
         )
     except ApiException as error:
@@ -299,10 +450,11 @@ def _registered_model(namespace: str, name: str) -> str | None:
     return job.get("status", {}).get("model", {}).get("uri")
 
 
-def _secret_data(namespace: str, name: str) -> dict[str, str] | None:
-    """A Secret's decoded data (AWS credentials of a SageMaker deployment); None if missing."""
+def _secret_data(kube: client.ApiClient, namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's decoded data (a SageMaker deployment's AWS credentials, a job's envFrom);
+    None if missing."""
     try:
-        secret = client.CoreV1Api().read_namespaced_secret(name, namespace)
+        secret = client.CoreV1Api(kube).read_namespaced_secret(name, namespace)
     except ApiException as error:
         if error.status == 404:
             return None
@@ -315,6 +467,16 @@ def _secret_data(namespace: str, name: str) -> dict[str, str] | None:
 def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.OperatorRegistry:
     """Handlers for every kind, registered on a fresh registry with the configured intervals."""
     registry = kopf.OperatorRegistry()
+    watchdog = ObserveWatchdog(config.observe_interval_seconds, _api_server_answers)
+    metrics.registry.register(ObserveLag(watchdog.lags))
+
+    @kopf.on.probe(id="observe", registry=registry)
+    def observing(**_: Any) -> dict[str, object]:
+        """/healthz: red while resources go unobserved for a reason a restart fixes."""
+        try:
+            return watchdog.check()
+        except OperatorStuck as stuck:
+            raise kopf.PermanentError(str(stuck)) from None
 
     @kopf.on.login(registry=registry)
     async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
@@ -334,11 +496,21 @@ def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.Ope
         # Steps wait on MLflow and the API server far more than they compute: with kopf's default
         # of CPUs + 4 threads, a burst of launches would hold up every queued job's re-check.
         settings.execution.max_workers = RECONCILE_THREADS
+        # An API server outage of any length is waited out: a status patch that gave up would
+        # end its resource's timer for as long as the operator runs (see mlplane.operator.
+        # watchdog), and a phase change's Event is posted late rather than never.
+        settings.networking.error_backoffs = ENDLESS_BACKOFFS
+        settings.posting.default_backoffs = ENDLESS_BACKOFFS
+        # A deleted resource's finalizer goes once its observe timer has stopped: when a step was
+        # running as the delete came, kopf would otherwise look again only every 60 s.
+        settings.background.cancellation_polling = 1.0
         runs = [kwargs[index_id] for index_id in RUN_KINDS.values()]  # kopf passes indices
+        config.watch_pools(_pools_of(kwargs[NODE_POOLS_INDEX], kwargs[NODES_INDEX]))
+        kube = memo.kube = connect()
         memo.runtime = Runtime.start(
             config,
-            job_models=_registered_model,
-            kube=_kube_client(),
+            job_models=partial(_registered_model, kube),
+            kube=kube,
             observed_runs=lambda: [entry for index in runs for entry in index.get(None, ())],
             observed_rayjobs=(
                 _first_of(kwargs[RAYJOBS_INDEX]) if RAYJOBS_INDEX in kwargs else unobserved
@@ -346,13 +518,16 @@ def build_registry(config: OperatorConfig, metrics: OperatorMetrics) -> kopf.Ope
             cluster_problems=(
                 _first_of(kwargs[RAY_PODS_INDEX]) if RAY_PODS_INDEX in kwargs else unobserved
             ),
-            secrets=_secret_data,
+            secrets=partial(_secret_data, kube),
+            gpu_quotas=_tightest(kwargs[GPU_QUOTAS_INDEX]),
         )
 
     for kind, (reconciler_of, ends) in KIND_RECONCILERS.items():
-        _register_kind(registry, config, metrics, kind, reconciler_of, ends)
+        _register_kind(registry, config, metrics, watchdog, kind, reconciler_of, ends)
     for kind, index_id in RUN_KINDS.items():
         _register_runs_index(registry, kind, index_id)
+    _register_gpu_quotas(registry, config)
+    _register_node_pools(registry, config)
     if config.backend == "kuberay":  # without KubeRay there are no RayJobs to watch
         _register_rayjobs_index(registry)
         _register_ray_pods_index(registry)

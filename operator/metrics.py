@@ -16,7 +16,7 @@ import threading
 import time
 import typing
 from collections import Counter as Tally
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +40,10 @@ from mlplane.operator.quota import HOLDING_PHASES, WAITING_PHASES
 NO_PHASE = "Unknown"
 """The phase label of a resource the operator has not stepped yet."""
 RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+PHASED_KINDS = tuple(kind for kind in KINDS if "phase" in KINDS[kind].status.model_fields)
+"""The kinds whose resources go through phases: every kind but GPUQuota."""
 
 
 def phases(kind: str) -> tuple[str, ...]:
@@ -147,6 +151,27 @@ class ResourceView(Collector):
         return family
 
 
+class ObserveLag(Collector):
+    """How far behind the observe timers run, by kind, at scrape time: the alert that says
+    resources are not being looked at (a hung backend holding the reconcile threads, a stopped
+    timer) before any status shows it."""
+
+    def __init__(self, lags: Callable[[], Mapping[str, float]]) -> None:
+        self.lags = lags
+
+    def collect(self) -> Iterator[Metric]:
+        lags = self.lags()
+        family = GaugeMetricFamily(
+            "mlplane_observe_lag_seconds",
+            "The longest any active resource of this kind has gone since its last observe step "
+            "ended (about the observe interval when all is well).",
+            labels=("kind",),
+        )
+        for kind in PHASED_KINDS:
+            family.add_metric([kind], lags.get(kind, 0.0))
+        yield family
+
+
 class OperatorMetrics:
     """Every metric the operator exports, on a registry of its own (plus process and GC stats)."""
 
@@ -178,6 +203,7 @@ class OperatorMetrics:
         )
         for kind in KINDS:
             self.reconcile_seconds.labels(kind)
+        for kind in PHASED_KINDS:
             for phase in phases(kind):
                 self.transitions.labels(kind, phase)
 

@@ -368,13 +368,13 @@ class ModelDeploymentReconciler:
             )
             plan.reason, plan.message = reason, message
             return plan
-        answered = (metrics.get("roles", {}).get("canary") or {}).get("requests", 0)
+        answered = _served(metrics.get("roles", {}).get("canary") or {})
         if elapsed < spec.interval_seconds:
             return plan
         if answered < self.min_canary_requests:
             plan.message += (
                 f"; waiting for canary traffic: {answered} of {self.min_canary_requests} "
-                "requests needed to judge the guard"
+                "requests needed to judge the guard (client errors do not count)"
             )
             return plan
         if current.step + 1 < len(spec.steps) and percent < 100:
@@ -411,17 +411,20 @@ class ModelDeploymentReconciler:
             if reported.get("uri") == canary.uri and reported.get("error"):
                 return "CanaryNotReady", f"canary {canary.uri} is not ready: {reported['error']}"
         observed = metrics.get("roles", {}).get("canary") or {}
-        requests = observed.get("requests", 0)
+        # Only requests the model was asked to answer judge it: a client's malformed or oversized
+        # request (4xx, `rejected`) says nothing about the canary, and anyone could send them.
+        requests = _served(observed)
         if requests < self.min_canary_requests:
             return None
         guard = spec.guard
         window = metrics.get("windowSeconds", 0)
-        rate = observed.get("errorRate", 0.0)
+        errors = observed.get("errors", 0)
+        rate = errors / requests
         if rate > guard.max_error_rate:
             return "CanaryGuardBreached", (
                 f"canary {canary.uri}: error rate {rate:.1%} > maxErrorRate "
-                f"{guard.max_error_rate:.1%} ({observed.get('errors', 0)} of {requests} requests "
-                f"failed in {window:.0f}s)"
+                f"{guard.max_error_rate:.1%} ({errors} of {requests} requests failed in "
+                f"{window:.0f}s)"
             )
         p99 = observed.get("p99Ms")
         if (
@@ -566,6 +569,11 @@ class ModelDeploymentReconciler:
 def _live(state: AppState, application: dict[str, Any]) -> bool:
     """Serve runs exactly `application`: every replica has it and is healthy."""
     return state.status == "RUNNING" and same_config(state.config, application)
+
+
+def _served(observed: dict[str, Any]) -> int:
+    """Requests a role's model was asked to answer: all of them but the client errors."""
+    return observed.get("requests", 0) - observed.get("rejected", 0)
 
 
 def _traffic(stable: ModelRef, canary: ModelRef | None = None, percent: int = 0) -> list[Traffic]:

@@ -26,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 
 from mlplane.crds.base import Queue
+from mlplane.crds.gpuquota import GPUQuota, GPUQuotaStatus, PoolUsage, QueuedWork
 from mlplane.operator.admission import Decision, Work
 from mlplane.operator.config import OperatorConfig
 
@@ -104,22 +105,28 @@ class GpuLedger:
             self._arrived(work)
             # The line moves from its head for as long as the head fits: earlier work is admitted
             # here on its own behalf (its next step finds itself held and launches), so work
-            # never waits behind work that could start, only behind work that cannot.
+            # never waits behind work that could start, only behind work that cannot. Work that
+            # asks more than a limit allows at all is passed over: it holds up no one.
             line = self._line(work)
-            while line and self._blocker(line[0], namespace_quota) is None:
-                head = line.pop(0)
-                del self._waiting[head.uid]
-                del self._arrival[head.uid]
-                self._held[head.uid] = head
-                if head.uid == work.uid:
-                    return self._admitted(work)
-            position = line.index(work) + 1
-            blocker = self._blocker(work, namespace_quota) or "waiting for earlier work"
+            held_up = False
+            for head in line:
+                blocked = self._blocker(head, namespace_quota)
+                if blocked is None and not held_up:
+                    del self._waiting[head.uid]
+                    del self._arrival[head.uid]
+                    self._held[head.uid] = head
+                    if head.uid == work.uid:
+                        return self._admitted(work)
+                elif blocked is None or not blocked[0].startswith("Exceeds"):
+                    held_up = True
+            mine = self._blocker(work, namespace_quota)
+            reason, blocker = mine or ("WaitingForEarlierWork", "waiting for earlier work")
+            position = [w for w in line if w.uid in self._waiting].index(work) + 1
             message = f"needs {work.gpus} {work.pool} GPUs; {blocker}"
+            if reason != "ExceedsPoolCapacity":  # that one is refused, not queued
+                message += f"; position {position}"
             return Decision(
-                False,
-                Queue(pool=work.pool, gpus=work.gpus, position=position),
-                f"{message}; position {position}",
+                False, Queue(pool=work.pool, gpus=work.gpus, position=position), message, reason
             )
 
     def release(self, uid: str) -> None:
@@ -161,45 +168,108 @@ class GpuLedger:
             if (pool is None or w.pool == pool) and (namespace is None or w.namespace == namespace)
         )
 
-    def _blocker(self, work: Work, namespace_quota: int | None) -> str | None:
-        """Why `work` cannot have its GPUs now, or None when it can."""
+    def _blocker(self, work: Work, namespace_quota: int | None) -> tuple[str, str] | None:
+        """(reason, why) `work` cannot have its GPUs now (see Decision.reason), or None."""
         if not work.gpus:
             return None
         ns, pool = work.namespace, work.pool
+        capacity = self.limits.pool_capacity(pool)
+        if capacity is not None and work.gpus > capacity:
+            return "ExceedsPoolCapacity", f"pool {pool} has {capacity} GPUs in all"
         checks = (
             (self.limits.namespace_pool_quota(ns, pool), pool, ns),
             (namespace_quota, None, ns),
-            (self.limits.pool_capacity(pool), pool, None),
+            (capacity, pool, None),
         )
         for limit, limit_pool, limit_ns in checks:
-            if limit is None:
-                continue
+            if limit is not None and limit_ns and work.gpus > limit:
+                return "ExceedsQuota", _describe(limit_ns, limit_pool, None, limit)
+        for limit, limit_pool, limit_ns in checks:
             used = self._sum(limit_pool, limit_ns)
-            if used + work.gpus > limit:
-                return _describe(limit_ns, limit_pool, used, limit)
+            if limit is not None and used + work.gpus > limit:
+                reason = "WaitingForQuota" if limit_ns else "WaitingForCapacity"
+                return reason, _describe(limit_ns, limit_pool, used, limit)
         return None
 
 
-def _describe(namespace: str | None, pool: str | None, used: int, limit: int) -> str:
+def _describe(namespace: str | None, pool: str | None, used: int | None, limit: int) -> str:
+    """The limit that stops work: `used` of it now, or None for a limit the work exceeds."""
+    if namespace and pool and limit == 0:
+        return f"{namespace}'s GPUQuota gives it no {pool} GPUs"
     if namespace and pool:
+        if used is None:
+            return f"{namespace} may hold at most {limit} {pool} GPUs"
         return f"{namespace} uses {used} of {limit} {pool} GPUs"
     if namespace:
+        if used is None:
+            return f"{namespace}'s ResourceQuota allows at most {limit} GPUs"
         return f"{namespace} uses {used} of its ResourceQuota of {limit} GPUs"
-    return f"pool {pool} has {limit - used} of {limit} GPUs free"
+    return f"pool {pool} has {limit - (used or 0)} of {limit} GPUs free"
 
 
-def config_limits(config: OperatorConfig, namespace_quota: Callable[[str], int | None]) -> Limits:
-    """The ledger's limits: pool capacity and per-namespace quotas from the operator's
-    configuration, the namespace's ResourceQuota from `namespace_quota`."""
+GpuQuotas = Callable[[str], dict[str, int] | None]
+"""A namespace's GPUQuota as GPUs per pool (the tightest, if several); None without one."""
+
+
+def config_limits(
+    config: OperatorConfig,
+    namespace_quota: Callable[[str], int | None],
+    gpu_quotas: GpuQuotas = lambda namespace: None,
+) -> Limits:
+    """The ledger's limits: pool capacity from the operator's configuration; per-namespace pool
+    quotas from the namespace's GPUQuota, else from the configuration's `gpu_quotas`; the
+    namespace's ResourceQuota from `namespace_quota`."""
+
+    def namespace_pool_quota(namespace: str, pool: str) -> int | None:
+        pools = gpu_quotas(namespace)
+        if pools is not None:
+            return pools.get(pool, 0)  # a pool the GPUQuota does not list gives none
+        return config.gpu_quotas.get(namespace, {}).get(pool)
 
     def pool_capacity(name: str) -> int | None:
         pool = config.pool(name)
-        return pool.gpus_per_node * pool.nodes if pool and pool.nodes else None
+        return pool.capacity if pool else None
 
     return Limits(
         pool_capacity=pool_capacity,
-        namespace_pool_quota=lambda namespace, pool: config.gpu_quotas.get(namespace, {}).get(pool),
+        namespace_pool_quota=namespace_pool_quota,
         namespace_quota=namespace_quota,
+    )
+
+
+QUEUED_SHOWN = 100
+"""Waiting work a GPUQuota's status lists; the count covers all of it."""
+
+
+def quota_status(quota: GPUQuota, ledger: GpuLedger) -> GPUQuotaStatus:
+    """What a GPUQuota's namespace holds and who of it waits, from the ledger's view."""
+    namespace = quota.metadata.namespace or ""
+    limits = {pool.name: pool.gpus for pool in quota.spec.pools}
+    waiting = [work for work in ledger.waiting() if work.namespace == namespace]
+    positions: dict[str, int] = {}
+    queued = []
+    for work in waiting:  # in admission order; a pool's line is its namespace's work for it
+        positions[work.pool] = positions.get(work.pool, 0) + 1
+        queued.append(
+            QueuedWork(
+                name=work.name, pool=work.pool, gpus=work.gpus, position=positions[work.pool]
+            )
+        )
+    pools = [
+        PoolUsage(
+            name=pool,
+            limit=limits.get(pool, 0),
+            used=ledger.held(pool, namespace),
+            queued=sum(work.gpus for work in waiting if work.pool == pool),
+        )
+        for pool in [*limits, *sorted({w.pool for w in waiting} - limits.keys())]
+    ]
+    return GPUQuotaStatus(
+        observed_generation=quota.metadata.generation,
+        pools=pools,
+        waiting=len(waiting),
+        queued=queued[:QUEUED_SHOWN],
+        summary=", ".join(f"{p.name} {p.used}/{p.limit}" for p in pools),
     )
 
 

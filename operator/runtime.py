@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,7 +25,13 @@ from mlplane.operator.backends.sagemaker import SageMakerEndpoints
 from mlplane.operator.backends.serve import ServeRestBackend, ServingBackend
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.modeldeployment import MlflowModelResolver, ModelDeploymentReconciler
-from mlplane.operator.quota import GpuLedger, Observed, ResourceQuotaGpus, config_limits
+from mlplane.operator.quota import (
+    GpuLedger,
+    GpuQuotas,
+    Observed,
+    ResourceQuotaGpus,
+    config_limits,
+)
 from mlplane.operator.tracking import MetricsFeed, Tracking
 from mlplane.operator.trainingjob import TrainingJobReconciler
 from mlplane.operator.tuningsweep import TuningSweepReconciler
@@ -55,14 +62,19 @@ class Runtime:
         observed_rayjobs: ObservedRayJobs = unobserved,
         cluster_problems: ClusterProblems = unobserved,
         secrets: SecretReader = no_secrets,
+        gpu_quotas: GpuQuotas = lambda namespace: None,
     ) -> Runtime:
         """Connect to Ray (or KubeRay) and MLflow, starting local ones where none is configured.
 
         With `kube` (the operator), work is admitted by the GPU ledger, rebuilt from
-        `observed_runs` before its first decision; without (`mlplane run`), all work starts.
+        `observed_runs` before its first decision, and custom code must be a remote archive;
+        without (`mlplane run`), all work starts and `runtimeEnv` may name local paths.
         `observed_rayjobs` and `cluster_problems` are the operator's watches of RayJobs and Ray
         pods (kuberay backend).
-        `secrets` reads the Secrets SageMaker deployments name for their AWS credentials.
+        `gpu_quotas` is the operator's watch of GPUQuotas, which the ledger reads on every
+        decision. `secrets` reads the Secrets SageMaker deployments name for their AWS
+        credentials, and those a job names for its environment (`runtimeEnv.envFrom`, ray
+        backend).
         """
         mlflow_uri = config.mlflow_tracking_uri or embedded.start_local_mlflow(
             config.data_dir / "mlflow"
@@ -72,7 +84,8 @@ class Runtime:
         admission: Admission = AdmitAll()
         if kube is not None:
             quota = ResourceQuotaGpus(kube, max_age_seconds=config.observe_interval_seconds)
-            admission = GpuLedger(config_limits(config, quota), observed=observed_runs)
+            limits = config_limits(config, quota, gpu_quotas)
+            admission = GpuLedger(limits, observed=observed_runs)
         backend: TrainingBackend
         serving: ServingBackend
         if config.backend == "kuberay":
@@ -91,18 +104,24 @@ class Runtime:
             from mlplane.operator.backends.ray import RayJobsBackend
 
             ray_address = config.ray_address or embedded.start_local_ray(
-                config.data_dir / "ray", num_cpus=config.local_ray_cpus
+                config.data_dir / "ray",
+                num_cpus=config.local_ray_cpus,
+                # `mlplane run` is the user's own run on their own machine: their credentials
+                # reach the job as they would reach a script. The operator's never do.
+                env=os.environ if kube is None else None,
             )
-            backend = RayJobsBackend(ray_address)
+            backend = RayJobsBackend(ray_address, secrets=secrets)
             serving = ServeRestBackend(ray_address, http_port=config.serve_http_port)
         parts = (config, backend, tracking, feed, admission)
+        # Without Kubernetes this is `mlplane run`, on the user's own machine and code.
+        local_code = kube is None
         return cls(
             config=config,
             tracking=tracking,
             feed=feed,
             admission=admission,
-            training=TrainingJobReconciler(*parts),
-            tuning=TuningSweepReconciler(*parts),
+            training=TrainingJobReconciler(*parts, local_code=local_code),
+            tuning=TuningSweepReconciler(*parts, local_code=local_code),
             serving=ModelDeploymentReconciler(
                 serving,
                 MlflowModelResolver(mlflow_uri),
@@ -111,7 +130,10 @@ class Runtime:
                 # Replicas select their pool by the Ray node label KubeRay workers carry.
                 node_pool_label=RAY_POOL_LABEL if config.backend == "kuberay" else None,
                 sagemaker=SageMakerEndpoints(
-                    mlflow_uri, secrets, artifact_bucket=config.sagemaker_artifact_bucket
+                    mlflow_uri,
+                    secrets,
+                    artifact_bucket=config.sagemaker_artifact_bucket,
+                    allowed_endpoint_urls=config.sagemaker_endpoint_urls,
                 ),
             ),
         )

@@ -8,7 +8,7 @@ from typing import Literal
 
 from mlplane.crds.base import Condition, ConditionStatus
 
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed", "Cancelled"})
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
 
 def now() -> datetime:

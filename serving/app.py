@@ -6,13 +6,17 @@ traffic to a replica before that, so readiness means "loaded and warmed". A cana
 fails to load or warm is reported, not fatal: the replica serves the stable model alone and the
 operator rolls the canary back.
 
-Per request: pick stable or canary by the canary percentage, validate against that model's
-signature (4xx naming the feature; the replica is never at risk), queue the rows for the model's
-own `@serve.batch` queue (batches are counted in rows), and record the outcome and latency.
+Per request: pick stable or canary by the canary percentage, read the body within its limit and
+parse it (`mlplane.serving.body`), validate it against that model's signature (4xx naming the
+feature; the replica is never at risk), queue the rows for the model's own `@serve.batch` queue
+(batches are counted in rows), and record the outcome and latency. A 4xx is the client's fault
+and is counted apart from the model's failures (5xx), which alone count against a canary.
 
 HTTP, below the application's route prefix:
 - `POST /` (also `/predict`, `/invocations`): `{"instances": [{feature: value}, ...]}` →
-  `{"predictions": [...], "model": {"uri", "version", "role"}}`; errors are `{"error": "..."}`.
+  `{"predictions": [...], "model": {"uri", "version", "role"}}`; errors are `{"error": "..."}`:
+  400 for a body that is not valid JSON or does not fit the model, 413 over `maxBodyBytes`, 415
+  for a non-JSON Content-Type, 500 when the model fails.
 - `GET /healthz`: 200 with the models this replica serves.
 - `GET /-/ready`: 200 once loaded and warmed (a replica answers nothing before).
 - `GET /-/metrics?window=60`: the whole application's counts, rates and latency percentiles per
@@ -20,23 +24,24 @@ HTTP, below the application's route prefix:
 """
 
 import asyncio
-import json
 import logging
 import math
 import random
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from mlflow.exceptions import MlflowException
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
+from mlplane.crds.modeldeployment import DEFAULT_MAX_REQUEST_BYTES
+from mlplane.serving.body import parse_json, read_body
 from mlplane.serving.config import ModelRef
 from mlplane.serving.metrics import Outcome, Recorder, Window
 from mlplane.serving.validation import (
@@ -216,9 +221,11 @@ class ModelServer:
         canary: dict[str, Any] | None,
         max_batch_size: int,
         batch_wait_timeout_s: float,
+        max_body_bytes: int,
         collector: DeploymentHandle,
     ) -> None:
         self.max_rows = max_batch_size
+        self.max_body_bytes = max_body_bytes
         self.collector = collector
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.models = {
@@ -272,20 +279,17 @@ class ModelServer:
         model = self.models[role]
         outcome: Outcome = "ok"
         try:
-            body = json.loads(await request.body())
-            frame = to_frame(parse_rows(body, self.max_rows), model.features)
+            body = await read_body(request.headers, request.stream(), self.max_body_bytes)
+            frame = to_frame(parse_rows(parse_json(body), self.max_rows), model.features)
             result = await model.predict(frame)
             if isinstance(result, Exception):
                 raise result
             response = JSONResponse(
                 {"predictions": result, "model": {**model.describe(), "role": role}}
             )
-        except (RequestError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        except RequestError as error:
             outcome = "rejected"
-            message = (
-                str(error) if isinstance(error, RequestError) else f"body is not JSON: {error}"
-            )
-            response = JSONResponse({"error": message}, status_code=400)
+            response = JSONResponse({"error": str(error)}, status_code=error.status)
         except MlflowException as error:
             client_fault = error.error_code in _MLFLOW_INPUT_ERRORS
             outcome = "rejected" if client_fault else "error"
@@ -312,7 +316,9 @@ class ModelServer:
         return {"ready": True, "replica": self.replica, "models": self._models()}
 
     @api.get("/-/metrics")
-    async def metrics(self, window: float = 60.0) -> dict[str, Any]:
+    async def metrics(
+        self, window: Annotated[float, Query(allow_inf_nan=False)] = 60.0
+    ) -> dict[str, Any]:
         return await self.collector.summary.remote(max(window, 1.0))
 
 
@@ -323,5 +329,6 @@ def build(args: dict[str, Any]) -> Application:
         canary=args.get("canary"),
         max_batch_size=int(args.get("maxBatchSize", 32)),
         batch_wait_timeout_s=float(args.get("batchWaitTimeoutS", 0.005)),
+        max_body_bytes=int(args.get("maxBodyBytes", DEFAULT_MAX_REQUEST_BYTES)),
         collector=MetricsCollector.bind(),
     )

@@ -121,6 +121,7 @@ def serve_application(
             "canary": canary.to_dict() if canary else None,
             "maxBatchSize": batching.max_batch_size,
             "batchWaitTimeoutS": batching.timeout_ms / 1000,
+            "maxBodyBytes": ray.max_request_bytes,
         },
         "deployments": [server, collector],
     }

@@ -111,13 +111,19 @@ def percentile(histogram: list[int], q: float) -> float | None:
 
 
 def summarize(counts: Counts, seconds: float) -> dict[str, Any]:
-    """The contract of `/-/metrics` for one role: counts, rates and percentiles over `seconds`."""
+    """The contract of `/-/metrics` for one role: counts, rates and percentiles over `seconds`.
+
+    `rejected` counts the client's errors (4xx), `errors` the model's (5xx); `errorRate` is the
+    share of the requests the model was asked to answer that failed, so client errors neither
+    raise it nor dilute it.
+    """
+    served = counts.requests - counts.rejected
     return {
         "requests": counts.requests,
         "errors": counts.errors,
         "rejected": counts.rejected,
         "rps": round(counts.requests / seconds, 3) if seconds > 0 else 0.0,
-        "errorRate": round(counts.errors / counts.requests, 6) if counts.requests else 0.0,
+        "errorRate": round(counts.errors / served, 6) if served else 0.0,
         "p50Ms": percentile(counts.latency, 0.50),
         "p99Ms": percentile(counts.latency, 0.99),
         "latencyBoundsMs": list(LATENCY_BOUNDS_MS),

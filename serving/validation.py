@@ -9,6 +9,9 @@ Accepted bodies (the MLflow scoring protocol, plus the KServe v1 shape):
 `{"dataframe_split": {"columns": [...], "data": [[...], ...]}}`.
 
 A null or NaN is allowed only in a column the signature marks optional (`required=False`).
+Every number must fit its column's type (a JSON `1e400` parses as infinity, and a 4000-digit
+integer fits no dtype): without a signature, a float must be finite and an integer must fit in 64
+bits.
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ import pandas as pd
 
 NUMERIC_DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32"}
 OTHER_DTYPES = {"boolean": "bool", "string": "object", "binary": "object", "datetime": "object"}
+_FLOAT_MAX = {"double": float(np.finfo(np.float64).max), "float": float(np.finfo(np.float32).max)}
+_INT64_MIN, _INT64_END = -(2**63), 2**63
 _MAX_NAMES_SHOWN = 10
 
 
 class RequestError(ValueError):
     """The request cannot be served as sent; the message says why and is safe to return."""
+
+    status = 400
+    """The HTTP status that answers it (a 4xx: the client's fault, never the model's)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,9 @@ def _split_rows(payload: Any) -> list[dict[str, Any]]:
 def to_frame(rows: list[dict[str, Any]], features: list[Feature] | None) -> pd.DataFrame:
     """A DataFrame in the signature's column order and dtypes, or RequestError naming the fault."""
     if features is None:
+        for index, row in enumerate(rows):
+            for name, value in row.items():
+                _check_numbers(value, f"{_where(index, rows)}feature {name!r}")
         return pd.DataFrame.from_records(rows)
     names = [f.name for f in features]
     known = set(names)
@@ -158,15 +169,16 @@ def _check_value(feature: Feature, value: Any, index: int, rows: list[dict[str, 
     if kind in ("double", "float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RequestError(f"{where} must be a number, got {_shown(value)}")
-        if math.isinf(value):
-            raise RequestError(f"{where} must be finite, got {value}")
+        # Compared, not converted: float() of a 400-digit integer raises OverflowError.
+        if not -_FLOAT_MAX[kind] <= value <= _FLOAT_MAX[kind]:
+            raise RequestError(f"{where} is out of range for a {kind}: {_shown(value)}")
     elif kind in ("long", "integer"):
         integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
         if isinstance(value, bool) or not integral:
             raise RequestError(f"{where} must be an integer, got {_shown(value)}")
         bits = 63 if kind == "long" else 31
         if not -(2**bits) <= value < 2**bits:
-            raise RequestError(f"{where} is out of range for a {kind}: {value}")
+            raise RequestError(f"{where} is out of range for a {kind}: {_shown(value)}")
     elif kind == "boolean":
         if not isinstance(value, bool):
             raise RequestError(f"{where} must be true or false, got {_shown(value)}")
@@ -177,6 +189,17 @@ def _check_value(feature: Feature, value: Any, index: int, rows: list[dict[str, 
         _check_base64(value, where)
     elif kind == "datetime":
         _check_datetime(value, where)
+
+
+def _check_numbers(value: Any, where: str) -> None:
+    """Without a signature: every number, nested ones included, fits a float64 or an int64."""
+    if isinstance(value, list | dict):
+        for item in value.values() if isinstance(value, dict) else value:
+            _check_numbers(item, where)
+    elif isinstance(value, float) and math.isinf(value):
+        raise RequestError(f"{where} is out of range for a 64-bit float: {value}")
+    elif isinstance(value, int) and not _INT64_MIN <= value < _INT64_END:
+        raise RequestError(f"{where} is out of range for a 64-bit integer: {_shown(value)}")
 
 
 def _check_base64(value: Any, where: str) -> None:

@@ -1,4 +1,4 @@
-"""Session fixtures for the real local Kubernetes control plane (DESIGN.md §5: no mocked client).
+"""Session fixtures for the real local Kubernetes control plane (no mocked client).
 
 One control plane serves the whole session; each test gets a fresh namespace. The Go-built parts
 are compiled once per machine (then cached) right after collection when any `cluster` test is

@@ -17,8 +17,12 @@ class InMemoryJobs:
     logs: str = ""
     details: dict[str, JobState] = field(default_factory=dict)
     """A full JobState (with reason and message) for a submission, instead of its bare status."""
+    refusal: Exception | None = None
+    """What `submit` raises, as a backend whose own retries are spent does."""
 
     def submit(self, launch: Launch) -> None:
+        if self.refusal:
+            raise self.refusal
         if launch.submission_id in self.jobs:
             return
         self.jobs[launch.submission_id] = "PENDING"

@@ -57,16 +57,17 @@ def create_bucket(aws: AwsClients) -> None:
 
 
 def left_in_moto(aws: AwsClients, md: ModelDeployment) -> dict[str, list[str]]:
-    """Everything of this deployment that exists in moto, by kind."""
+    """Everything of this deployment that exists in moto, by kind. The names are filtered here
+    too: moto's ListModels ignores NameContains, and other tests' deployments share the server."""
     base = render.names(md).base
     sm = aws.sagemaker
     objects = aws.s3.list_objects_v2(Bucket=BUCKET, Prefix=render.artifact_prefix(md))
+    endpoints = sm.list_endpoints(NameContains=base)["Endpoints"]
+    configs = sm.list_endpoint_configs(NameContains=base)["EndpointConfigs"]
+    models = sm.list_models(NameContains=base)["Models"]
     return {
-        "endpoints": [e["EndpointName"] for e in sm.list_endpoints(NameContains=base)["Endpoints"]],
-        "configs": [
-            c["EndpointConfigName"]
-            for c in sm.list_endpoint_configs(NameContains=base)["EndpointConfigs"]
-        ],
-        "models": [m["ModelName"] for m in sm.list_models(NameContains=base)["Models"]],
+        "endpoints": [e["EndpointName"] for e in endpoints if base in e["EndpointName"]],
+        "configs": [c["EndpointConfigName"] for c in configs if base in c["EndpointConfigName"]],
+        "models": [m["ModelName"] for m in models if base in m["ModelName"]],
         "artifacts": [o["Key"] for o in objects.get("Contents", [])],
     }

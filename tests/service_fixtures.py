@@ -1,4 +1,5 @@
-"""Session fixtures for the real services tests run against: a Ray head, MLflow, S3 on moto.
+"""Session fixtures for the real services tests run against: a Ray head, MLflow, S3 on moto;
+and a server that never answers, as a wedged one does.
 
 Loaded as a pytest plugin (`-p service_fixtures`). Each service starts once per session, on free
 localhost ports, and only when a test asks for it. Ray and MLflow come from
@@ -10,7 +11,10 @@ there would hide a broken environment; on a workstation it is skipped with the r
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,3 +106,27 @@ def moto_server() -> Iterator[MotoServer]:
 def repo_root() -> Path:
     """The repository checkout (examples/ and the custom code live here)."""
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def hung_server() -> Iterator[str]:
+    """A server that accepts connections and never answers, as a wedged Ray dashboard or API
+    server does."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in accepted:
+        connection.close()
+    server.close()

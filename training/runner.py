@@ -58,7 +58,7 @@ MODEL_VERSION_TAG = "mlplane.model_version"
 
 @dataclass(frozen=True)
 class RunContext:
-    """Who this attempt is and where it writes: the runner's `--context-json`."""
+    """Who this attempt is and where it writes: the runner's `--context`."""
 
     namespace: str
     name: str

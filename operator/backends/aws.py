@@ -53,7 +53,7 @@ SecretReader = Callable[[str, str], Mapping[str, str] | None]
 
 def no_secrets(namespace: str, name: str) -> Mapping[str, str] | None:
     raise CredentialsUnavailable(
-        "spec.sagemaker.credentialsSecret: Secrets can only be read by the operator in a cluster"
+        f"Secret {name!r}: Secrets can only be read by the operator in a cluster"
     )
 
 

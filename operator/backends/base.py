@@ -57,6 +57,8 @@ class Launch:
     active_deadline_seconds: int | None = None
     queue_name: str | None = None
     """A Kueue LocalQueue: the child is created suspended and labelled for Kueue."""
+    secret_env: tuple[str, ...] = ()
+    """Secrets in the owner's namespace whose keys become the job's environment variables."""
 
     @property
     def ref(self) -> AttemptRef:

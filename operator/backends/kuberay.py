@@ -35,6 +35,12 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RAY_POOL_LABEL = "mlplane.dev/pool"
 """The Ray node label (KubeRay's worker group `labels`, which it passes to `ray start --labels`)
 naming the node pool a worker runs on; Serve replicas select their pool by it."""
+RAY_UID, RAY_GID = 1000, 100
+"""Who Ray pods run as: the `ray` user of Ray's official images (uid 1000, in group `users`,
+gid 100), which an image built from them keeps. Numeric, so the kubelet can check it is not root
+without reading the image's /etc/passwd."""
+SUBMITTER_CONTAINER = "ray-job-submitter"
+"""The name KubeRay gives the container of a RayJob's submitter pod."""
 
 # Container waiting reasons that never clear by waiting: reported instead of "Initializing".
 POD_PROBLEMS = frozenset(
@@ -63,14 +69,18 @@ class Placement:
 
 
 def placements(config: OperatorConfig) -> Callable[[str | None], Placement]:
-    """Node pool name (or None) → Placement, from the operator's configuration."""
-    if config.head_node_pool:
-        head = config.pool(config.head_node_pool)
-    else:
-        head = next((p for p in config.node_pools if not p.gpus_per_node), None)
-    return lambda pool: Placement(
-        config.ray_image, head, config.pool(pool) if pool else None, config.ray_version
-    )
+    """Node pool name (or None) → Placement, from the operator's configuration and the
+    NodePools it watches, as they are at the time of the call."""
+
+    def placement(pool: str | None) -> Placement:
+        if config.head_node_pool:
+            head = config.pool(config.head_node_pool)
+        else:
+            head = next((p for p in config.pools() if not p.gpus_per_node), None)
+        worker = config.pool(pool) if pool else None
+        return Placement(config.ray_image, head, worker, config.ray_version)
+
+    return placement
 
 
 def rayjob_name(owner_name: str, attempt: int) -> str:
@@ -90,12 +100,49 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
     }
 
 
+def pod_security_context() -> dict[str, Any]:
+    """Every container of a Ray pod, KubeRay's own included (the workers' wait-gcs-ready init
+    container, the head's autoscaler), runs as Ray's non-root user under the runtime's default
+    seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RAY_UID,
+        "runAsGroup": RAY_GID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Nothing to gain: no setuid escalation, no Linux capabilities (Ray needs none)."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def pod_template(
-    container: str, image: str, resources: dict[str, Any], pool: NodePool | None
+    container: str,
+    image: str,
+    resources: dict[str, Any],
+    pool: NodePool | None,
+    secret_env: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """A Ray pod template: one container, placed on `pool` (selector and tolerations)."""
+    """A hardened pod template: one container, placed on `pool` (selector and tolerations),
+    with the keys of the `secret_env` Secrets as its environment (the kubelet reads them: the
+    values never pass through mlplane or into the RayJob).
+
+    No ServiceAccount token is mounted: the code in a Ray pod (the tenant's own, in training
+    and serving) never needs the Kubernetes API, so it gets no credential for it.
+    """
+    main: dict[str, Any] = {
+        "name": container,
+        "image": image,
+        "resources": resources,
+        "securityContext": container_security_context(),
+    }
+    if secret_env:
+        main["envFrom"] = [{"secretRef": {"name": name}} for name in secret_env]
     spec: dict[str, Any] = {
-        "containers": [{"name": container, "image": image, "resources": resources}]
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "containers": [main],
     }
     if pool:
         if pool.node_selector:
@@ -105,19 +152,55 @@ def pod_template(
     return {"spec": spec}
 
 
-def cluster_spec(placement: Placement, workers: dict[str, Any]) -> dict[str, Any]:
+def cluster_spec(
+    placement: Placement,
+    workers: dict[str, Any],
+    owner_name: str,
+    autoscaling: bool = False,
+    secret_env: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """A RayCluster spec: the head, one worker group, and the Ray version KubeRay starts them
     with (without it KubeRay cannot tell which `ray start` flags the image takes, and the
-    RayJob waits in Initializing with the error only in KubeRay's log)."""
-    return {
+    RayJob waits in Initializing with the error only in KubeRay's log).
+
+    Every pod carries the owner's `mlplane.dev/name` label, by which the chart's NetworkPolicy
+    lets them reach MLflow (and `kubectl get pods -l mlplane.dev/name=<name>` finds them).
+
+    With `autoscaling`, KubeRay adds its autoscaler to the head pod: a container that scales the
+    worker group through the Kubernetes API, so the head keeps the token of the ServiceAccount
+    KubeRay makes for it, and the autoscaler gets the same container hardening.
+    """
+    head = head_group(placement, secret_env)
+    for group in (head, workers):
+        group["template"]["metadata"] = {"labels": {NAME_LABEL: owner_name}}
+    spec: dict[str, Any] = {
         "rayVersion": placement.ray_version,
-        "headGroupSpec": head_group(placement),
+        "headGroupSpec": head,
         "workerGroupSpecs": [workers],
     }
+    if autoscaling:
+        spec["enableInTreeAutoscaling"] = True
+        spec["autoscalerOptions"] = {"securityContext": container_security_context()}
+        head["template"]["spec"]["automountServiceAccountToken"] = True
+    return spec
 
 
-def head_group(placement: Placement) -> dict[str, Any]:
-    """The head only coordinates (num-cpus 0): no training or replica runs there."""
+def submitter_template(placement: Placement, owner_name: str) -> dict[str, Any]:
+    """The pod that runs `ray job submit` (KubeRay fills in its command): KubeRay's own default
+    (the head's image and resources) hardened like the Ray pods, on the head's pool."""
+    resources = {
+        "requests": {"cpu": "500m", "memory": "200Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    template = pod_template(SUBMITTER_CONTAINER, placement.image, resources, placement.head_pool)
+    template["metadata"] = {"labels": {NAME_LABEL: owner_name}}
+    template["spec"]["restartPolicy"] = "Never"
+    return template
+
+
+def head_group(placement: Placement, secret_env: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The head only coordinates (num-cpus 0): no training or replica runs there, but the job's
+    driver does, so it sees the job's `secret_env` too."""
     resources = dict(placement.head_resources)
     return {
         "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
@@ -126,6 +209,7 @@ def head_group(placement: Placement) -> dict[str, Any]:
             placement.image,
             {"requests": resources, "limits": dict(resources)},
             placement.head_pool,
+            secret_env,
         ),
     }
 
@@ -136,6 +220,7 @@ def worker_group(
     cpu: int | str,
     memory: int | str | None,
     gpus: int,
+    secret_env: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """A worker group on the placement's pool; each pod holds what one Ray worker needs.
 
@@ -159,7 +244,11 @@ def worker_group(
         "maxReplicas": most,
         "rayStartParams": start_params,
         "template": pod_template(
-            "ray-worker", placement.image, {"requests": requests, "limits": dict(requests)}, pool
+            "ray-worker",
+            placement.image,
+            {"requests": requests, "limits": dict(requests)},
+            pool,
+            secret_env,
         ),
     }
     if pool:
@@ -192,8 +281,12 @@ def render_rayjob(launch: Launch, placement: Placement) -> dict[str, Any]:
                 per_worker.cpu,
                 per_worker.memory,
                 per_worker.gpu,
+                launch.secret_env,
             ),
+            launch.owner.name,
+            secret_env=launch.secret_env,
         ),
+        "submitterPodTemplate": submitter_template(placement, launch.owner.name),
     }
     if launch.metadata:
         spec["metadata"] = dict(launch.metadata)

@@ -104,12 +104,11 @@ def rayservice_spec(application: dict[str, Any], placement: Placement) -> dict[s
         str(int(memory)) if memory else None,
         int(options.get("num_gpus", 0)),
     )
-    cluster = cluster_spec(placement, workers)
+    # Serve's autoscaler asks Ray for replicas; Ray's asks KubeRay for worker pods.
+    _, name = split_app_name(application["name"])
+    cluster = cluster_spec(placement, workers, name, autoscaling=most > least)
     for group in (cluster["headGroupSpec"], workers):
         _add_serve_env(group)
-    if most > least:
-        # Serve's autoscaler asks Ray for replicas; Ray's asks KubeRay for worker pods.
-        cluster["enableInTreeAutoscaling"] = True
     return {
         "serveConfigV2": yaml.safe_dump({"applications": [application]}, sort_keys=False),
         "rayClusterConfig": cluster,

@@ -28,7 +28,7 @@ import importlib.metadata
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -184,15 +184,19 @@ class SageMakerEndpoints:
         secrets: SecretReader = no_secrets,
         artifact_bucket: str | None = None,
         endpoint_url: str | None = None,
+        allowed_endpoint_urls: Sequence[str] = (),
         clients: ClientFactory = boto3_clients,
         clock: Callable[[], datetime] = now,
         mlflow_version: str = importlib.metadata.version("mlflow"),
     ) -> None:
         """`artifact_bucket` and `endpoint_url` are the operator's defaults for the spec fields;
-        without an endpoint URL boto3 finds AWS (or $AWS_ENDPOINT_URL) itself."""
+        without an endpoint URL boto3 finds AWS (or $AWS_ENDPOINT_URL) itself. A spec may name
+        only an endpoint URL that starts with one of `allowed_endpoint_urls`: the operator sends
+        its signed requests, and a tenant's credentials, wherever the URL points."""
         self.secrets = secrets
         self.artifact_bucket = artifact_bucket
         self.endpoint_url = endpoint_url
+        self.allowed_endpoint_urls = tuple(url.rstrip("/") for url in allowed_endpoint_urls)
         self.clients = clients
         self.clock = clock
         self.mlflow_version = mlflow_version
@@ -211,6 +215,9 @@ class SageMakerEndpoints:
         status.endpoint = (status.endpoint or Endpoint()).model_copy(
             update={"name": names.endpoint, "region": serving.region}
         )
+        if problem := self._endpoint_problem(serving):
+            self._blocked(step, deployment, "InvalidSpec", problem, terminal=True)
+            return
         if self._backing_off(deployment, step):
             return
         status.endpoint.retry_after = None
@@ -504,6 +511,8 @@ class SageMakerEndpoints:
             log.info("%s: deletion policy retain: SageMaker resources left in place", name)
             return
         serving = _serving(deployment)
+        if self._endpoint_problem(serving):
+            return  # refused before anything was created there
         endpoint = render.names(deployment).endpoint
         keep = (
             "; annotate mlplane.dev/deletion-policy: retain to delete the resource and keep "
@@ -542,6 +551,19 @@ class SageMakerEndpoints:
             raise DeletionPending(f"{message}{keep if terminal else ''}", delay) from None
 
     # -- AWS access ----------------------------------------------------------------------------
+
+    def _endpoint_problem(self, serving: SageMakerServing) -> str | None:
+        url = serving.endpoint_url
+        if url is None or any(
+            url.rstrip("/") == allowed or url.startswith(f"{allowed}/")
+            for allowed in self.allowed_endpoint_urls
+        ):
+            return None
+        allowed = ", ".join(self.allowed_endpoint_urls) or "none"
+        return (
+            f"spec.sagemaker.endpointUrl: {url!r} is not an endpoint this operator may call "
+            f"(sagemaker_endpoint_urls: {allowed}); ask the platform team to allow it"
+        )
 
     def _bucket(self, deployment: ModelDeployment) -> str | None:
         return _serving(deployment).artifact_bucket or self.artifact_bucket

@@ -23,7 +23,6 @@ from typing import Any
 
 from mlplane.crds.modeldeployment import ModelDeployment, SageMakerDeployment, SageMakerServing
 
-OWNER_TAGS = ("mlplane.dev/namespace", "mlplane.dev/name", "mlplane.dev/uid")
 UID_TAG = "mlplane.dev/uid"
 
 # Container families a packaged model can be served by (recorded on its model.tar.gz).

@@ -218,31 +218,23 @@ class ControlPlane:
         state.write(self._state_file)
         pki.generate(self.pki.directory)
         server = f"https://127.0.0.1:{ports['apiserver']}"
-        kubeconfigs = {
-            client.stem: self._write_kubeconfig(client, server) for client in pki.CLIENTS
-        }
+        for client in pki.CLIENTS:
+            self._write_kubeconfig(client, server)
 
-        def start(
-            name: str,
-            args: list[str],
-            env: dict[str, str] | None = None,
-            binary: Path | None = None,
-        ) -> None:
-            state.processes.append(self._spawn(name, binary or parts.binary(name), args, env))
+        def start(name: str) -> None:
+            binary, args, env = self._command(name, parts, ports)
+            state.processes.append(self._spawn(name, binary, args, env))
             state.write(self._state_file)
 
         log(f"starting etcd, kube-apiserver on {server}")
-        start("etcd", self._etcd_args(ports))
+        start("etcd")
         self._wait(deadline, "etcd", lambda: _http_ok(f"http://127.0.0.1:{ports['etcd']}/health"))
-        start("kube-apiserver", self._apiserver_args(ports), {"GOMEMLIMIT": "600MiB"})
+        start("kube-apiserver")
         self._wait(deadline, "kube-apiserver", lambda: self._apiserver_ok("/readyz"))
         log("starting kube-controller-manager, kube-scheduler, kwok")
-        start(
-            "kube-controller-manager",
-            self._controller_manager_args(ports, kubeconfigs["controller-manager"]),
-        )
-        start("kube-scheduler", self._scheduler_args(ports, kubeconfigs["scheduler"]))
-        start("kwok", self._kwok_args(ports, kubeconfigs["kwok"], parts.kwok_stages))
+        start("kube-controller-manager")
+        start("kube-scheduler")
+        start("kwok")
         self._create_nodes(nodes)
         for name, port in (
             ("kube-controller-manager", ports["controller-manager"]),
@@ -258,13 +250,28 @@ class ControlPlane:
         crds = [self._create_crd(KUBERAY.file(path)) for path in KUBERAY.files]
         for crd in crds:
             self._wait(deadline, "kube-apiserver", lambda crd=crd: self._established(crd))
-        start(
-            KUBERAY.name,
-            self._kuberay_args(ports),
-            {"KUBECONFIG": str(self.kubeconfig)},
-            binary=KUBERAY.binary,
-        )
+        start(KUBERAY.name)
         self._wait(deadline, KUBERAY.name, lambda: self._healthy(KUBERAY.name, ports))
+
+    def _command(
+        self, name: str, parts: Parts, ports: dict[str, int]
+    ) -> tuple[Path, list[str], dict[str, str] | None]:
+        """The binary, arguments and extra environment one component runs with: the same on a
+        first start and on a restart of that one component (`start_component`)."""
+        kubeconfig = self._client_kubeconfig(name.removeprefix("kube-"))
+        if name == "etcd":
+            return parts.binary(name), self._etcd_args(ports), None
+        if name == "kube-apiserver":
+            return parts.binary(name), self._apiserver_args(ports), {"GOMEMLIMIT": "600MiB"}
+        if name == "kube-controller-manager":
+            return parts.binary(name), self._controller_manager_args(ports, kubeconfig), None
+        if name == "kube-scheduler":
+            return parts.binary(name), self._scheduler_args(ports, kubeconfig), None
+        if name == "kwok":
+            return parts.binary(name), self._kwok_args(ports, kubeconfig, parts.kwok_stages), None
+        if name == KUBERAY.name:
+            return KUBERAY.binary, self._kuberay_args(ports), {"KUBECONFIG": str(self.kubeconfig)}
+        raise ValueError(f"unknown component {name!r}; one of {', '.join(COMPONENTS)}")
 
     def _spawn(
         self, name: str, binary: Path, args: list[str], env: dict[str, str] | None
@@ -437,11 +444,14 @@ class ControlPlane:
         if client is pki.ADMIN:
             path = self.kubeconfig
         else:
-            path = self.state_dir / "kubeconfigs" / f"{client.stem}.kubeconfig"
+            path = self._client_kubeconfig(client.stem)
             path.parent.mkdir(exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
+
+    def _client_kubeconfig(self, stem: str) -> Path:
+        return self.state_dir / "kubeconfigs" / f"{stem}.kubeconfig"
 
     # --- talking to the apiserver --------------------------------------------------------------
 
@@ -558,6 +568,39 @@ class ControlPlane:
         log(f"stopped {len(pids)} process(es)" if pids else "nothing running")
         return pids
 
+    def stop_component(self, name: str) -> None:
+        """Stop one component and leave the rest running, its state kept (etcd's data, the
+        certificates, its port) for `start_component`: an outage of that one part, as when a
+        managed cluster's API server is upgraded or crashes. Returns once the process is gone."""
+        with self._locked():
+            record = self._record(name)
+            if record is not None and _alive(record):
+                _terminate(record)
+
+    def start_component(self, name: str, log: Log = print, timeout: float = 120.0) -> None:
+        """Start one component `stop_component` stopped, with the same command line, and wait
+        until it is healthy. Its record takes the old one's place, so `down` still stops the
+        components in reverse start order."""
+        with self._locked():
+            state = State.read(self._state_file)
+            old = self._record(name)
+            if old is not None and _alive(old):
+                return
+            binary, args, env = self._command(name, ensure_parts(log), state.ports)
+            record = self._spawn(name, binary, args, env)
+            at = state.processes.index(old) if old else len(state.processes)
+            state.processes[at : at + 1] = [record]
+            state.write(self._state_file)
+            deadline = time.monotonic() + timeout
+            self._wait(deadline, name, lambda: self._healthy(name, state.ports))
+        log(f"{name} started again (pid {record.pid})")
+
+    def _record(self, name: str) -> ProcessRecord | None:
+        """The last recorded process of component `name`, alive or not."""
+        if name not in COMPONENTS:
+            raise ValueError(f"unknown component {name!r}; one of {', '.join(COMPONENTS)}")
+        return next((r for r in State.read(self._state_file).processes if r.name == name), None)
+
     def _stop_recorded(self) -> list[int]:
         """Stop in reverse start order, one at a time: an apiserver whose etcd vanished first
         hangs in shutdown for many seconds, one stopped before its etcd exits in about one."""
@@ -610,7 +653,8 @@ def _alive(record: ProcessRecord) -> bool:
 
     A process that Popen has just returned may not have its command line yet: the kernel closes
     the exec pipe Popen waits on before it sets up the new arguments, so an empty one (on a
-    busy machine, for milliseconds) is judged by the executable instead."""
+    busy machine, for milliseconds) is judged by the executable instead, which is the binary's
+    real path: both are resolved, so a cache directory behind a symlink is no other binary."""
     proc = Path("/proc") / str(record.pid)
     try:
         state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -619,7 +663,7 @@ def _alive(record: ProcessRecord) -> bool:
             argv0 = os.readlink(proc / "exe")
     except (OSError, IndexError):
         return False
-    return state != "Z" and argv0 == record.binary
+    return state != "Z" and Path(argv0).resolve() == Path(record.binary).resolve()
 
 
 def _reap(record: ProcessRecord) -> None:

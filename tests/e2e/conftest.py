@@ -3,6 +3,7 @@ real control plane, Ray head and MLflow server. Tests can kill and restart it.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,9 +17,13 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from service_fixtures import MotoServer
 
 from mlplane.crds import KINDS
 from mlplane.operator import embedded
+from tests.conftest import fresh_namespace
 
 GROUP, VERSION = "mlplane.dev", "v1alpha1"
 OBSERVE_INTERVAL = "1"
@@ -31,8 +36,9 @@ class OperatorProcess:
         self,
         env: dict[str, str],
         log_path: Path,
-        # Only the per-test namespaces: the README test runs an operator of its own.
-        args: tuple[str, ...] = ("operator", "--namespace", "test-*"),
+        # Only the e2e tests' namespaces: the README test runs an operator of its own, and the
+        # integration tests' objects (namespaces test-*) are for the API server alone.
+        args: tuple[str, ...] = ("operator", "--namespace", "e2e-*"),
         health_url: str | None = None,
     ) -> None:
         self.env = env
@@ -85,9 +91,25 @@ class OperatorProcess:
             time.sleep(0.5)
 
 
+def samples(metrics_url: str, name: str) -> list[Sample]:
+    """The samples of one metric on an operator's Prometheus endpoint, as Prometheus reads it."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    return [
+        sample
+        for family in text_string_to_metric_families(text)
+        if family.name == name
+        for sample in family.samples
+    ]
+
+
 @pytest.fixture(scope="session")
 def operator_env(
-    kubeconfig: Path, ray_cluster: str, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
+    kubeconfig: Path,
+    ray_cluster: str,
+    mlflow_server: str,
+    moto_server: MotoServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
     return {
         **os.environ,
@@ -96,8 +118,12 @@ def operator_env(
         "MLPLANE_MLFLOW_TRACKING_URI": mlflow_server,
         "MLPLANE_DATA_DIR": str(tmp_path_factory.mktemp("operator-data")),
         "MLPLANE_OBSERVE_INTERVAL_SECONDS": OBSERVE_INTERVAL,
+        # The platform team's allowlist: ModelDeployments may name moto as their SageMaker.
+        "MLPLANE_SAGEMAKER_ENDPOINT_URLS": json.dumps([moto_server.endpoint_url]),
         # Used only if this operator is the first to start Serve on the session's Ray head.
         "MLPLANE_SERVE_HTTP_PORT": str(embedded.free_port()),
+        # The kuberay tests' operator, running beside this one, writes the NodePools' status.
+        "MLPLANE_NODE_POOL_STATUS": "false",
     }
 
 
@@ -148,6 +174,13 @@ class Resources:
         raise AssertionError(
             f"{plural}/{name} not in {phases} after {timeout}s: {obj.get('status')}\n{tail}"
         )
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, k8s_api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace the session operator watches (e2e-*), named after the test."""
+    with fresh_namespace(k8s_api, f"e2e-{request.node.name}") as name:
+        yield name
 
 
 @pytest.fixture

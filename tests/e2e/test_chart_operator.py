@@ -7,7 +7,7 @@ what a pod would get elsewhere is swapped: the Ray and MLflow of the test sessio
 Two replicas run, as with `replicaCount: 2`: one works, the other waits. A TrainingJob goes to
 Succeeded, while /metrics is scraped as Prometheus would.
 
-Its namespaces are named chart-*, outside the session operator's test-* pattern.
+Its namespaces are named chart-*, outside the session operator's e2e-* pattern.
 """
 
 from __future__ import annotations

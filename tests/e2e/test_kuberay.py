@@ -28,10 +28,14 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from mlflow import MlflowClient
 from ray._private.runtime_env.packaging import download_and_unpack_package
 from service_fixtures import MotoServer
 
+from mlplane.crds import KINDS
+from mlplane.crds.base import RUN_UID_TAG
 from mlplane.operator import embedded
+from mlplane.training.tracking import experiment_id
 from tests.e2e.conftest import GROUP, VERSION, OperatorProcess, Resources
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.mlflow]
@@ -94,12 +98,15 @@ def namespaces(
     k8s_api: client.ApiClient, kuberay_operator: OperatorProcess
 ) -> Iterator[Callable[[str], Resources]]:
     """Namespaces the kuberay operator watches; runs are deleted (the operator releases their
-    finalizers) before the namespace goes."""
+    finalizers) before the namespace goes. Each enforces the `restricted` Pod Security Standard,
+    as a platform team's tenant namespaces may: the API server refuses any pod KubeRay makes
+    from mlplane's templates that is not hardened."""
     core = client.CoreV1Api(k8s_api)
     made: list[Resources] = []
 
     def make(name: str) -> Resources:
-        core.create_namespace({"metadata": {"name": name, "labels": {"mlplane.dev/test": "true"}}})
+        labels = {"mlplane.dev/test": "true", "pod-security.kubernetes.io/enforce": "restricted"}
+        core.create_namespace({"metadata": {"name": name, "labels": labels}})
         made.append(Resources(k8s_api, name, kuberay_operator))
         return made[-1]
 
@@ -152,12 +159,21 @@ def status(resources: Resources, name: str) -> dict[str, Any]:
     return resources.get("trainingjobs", name).get("status", {})
 
 
-def phase_is(resources: Resources, name: str, *phases: str) -> Callable[[], dict[str, Any]]:
-    def check() -> dict[str, Any]:
-        found = status(resources, name)
-        return found if found.get("phase") in phases else {}
+class phase_is:  # lower case: it reads as a condition, wait_for(phase_is(team, "a", "Running"))
+    """The job's status once its phase is one of `phases`; if it never is, `wait_for`'s failure
+    shows the status last seen and the end of the operator's log."""
 
-    return check
+    def __init__(self, resources: Resources, name: str, *phases: str) -> None:
+        self.resources, self.name, self.phases = resources, name, phases
+        self.seen: dict[str, Any] = {}
+
+    def __call__(self) -> dict[str, Any]:
+        self.seen = status(self.resources, self.name)
+        return self.seen if self.seen.get("phase") in self.phases else {}
+
+    def __repr__(self) -> str:
+        log = "\n".join(self.resources.operator.log().splitlines()[-20:])
+        return f"{self.name} {' or '.join(self.phases)}; last status: {self.seen}\n{log}"
 
 
 def conditions(found: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -216,12 +232,20 @@ def kuberay_reached(resources: Resources, job: str, deployment: str) -> dict[str
 
 
 def ray_job_reports(
-    resources: Resources, k8s_api: client.ApiClient, job: str, job_status: str
+    resources: Resources,
+    k8s_api: client.ApiClient,
+    job: str,
+    job_status: str,
+    mlflow_uri: str | None = None,
 ) -> None:
     """Write what the Ray job inside the running cluster reports to KubeRay: RUNNING, or an end
     (KubeRay marks the deployment Complete or Failed with it). Only on a RayJob KubeRay has
-    brought to Running itself: its pods are bound and Ready, its submitter created."""
+    brought to Running itself: its pods are bound and Ready, its submitter created. A job that
+    SUCCEEDED has, like a real runner, first recorded its MLflow run at `mlflow_uri`."""
     kuberay_reached(resources, job, "Running")
+    if job_status == "SUCCEEDED":
+        assert mlflow_uri, "the operator reads a finished job's MLflow run: pass mlflow_uri"
+        runner_recorded(resources, mlflow_uri, job)
     status: dict[str, Any] = {"jobStatus": job_status}
     if job_status == "SUCCEEDED":
         status["jobDeploymentStatus"] = "Complete"
@@ -229,6 +253,22 @@ def ray_job_reports(
         status |= {"jobDeploymentStatus": "Failed", "reason": "AppFailed"}
     client.CustomObjectsApi(k8s_api).patch_namespaced_custom_object_status(
         "ray.io", "v1", resources.namespace, "rayjobs", f"{job}-a1", {"status": status}
+    )
+
+
+def runner_recorded(resources: Resources, mlflow_uri: str, job: str) -> None:
+    """What the runner inside the Ray job writes first, and kwok's pods cannot run: the MLflow
+    run of the RayJob's owner, tagged with its UID, which the operator reads when the job ends."""
+    owner = rayjob(resources, f"{job}-a1")["metadata"]["ownerReferences"][0]
+    name = owner["name"]
+    obj = resources.get(KINDS[owner["kind"]].plural, name)
+    spec = obj["spec"].get("template", obj["spec"])
+    experiment = spec.get("tracking", {}).get("experiment") or f"{resources.namespace}/{name}"
+    writer = MlflowClient(mlflow_uri)
+    writer.create_run(
+        experiment_id(writer, experiment),
+        run_name=name,
+        tags={RUN_UID_TAG: obj["metadata"]["uid"]},
     )
 
 
@@ -248,12 +288,42 @@ def pods_of(k8s_api: client.ApiClient, namespace: str, cluster: str) -> list[cli
     return wait_for(bound, KUBERAY_TIMEOUT, every=0.2)
 
 
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def assert_hardened(pod: client.V1Pod, token: bool = False) -> None:
+    """A pod as the API server stored it (after KubeRay's additions and the ServiceAccount
+    admission's): every container, KubeRay's own included, runs as Ray's non-root user with no
+    privilege to gain, and none has a Kubernetes token unless `token`."""
+    spec = pod.spec
+    name = pod.metadata.name
+    context = spec.security_context
+    assert (context.run_as_non_root, context.run_as_user, context.run_as_group) == (
+        True,
+        1000,
+        100,
+    ), name
+    assert context.seccomp_profile.type == "RuntimeDefault", name
+    containers = [*(spec.init_containers or []), *spec.containers]
+    for container in containers:
+        hardened = container.security_context
+        assert hardened.allow_privilege_escalation is False, (name, container.name)
+        assert hardened.capabilities.drop == ["ALL"], (name, container.name)
+    mounts = {m.mount_path for c in containers for m in c.volume_mounts or []}
+    assert (TOKEN_PATH in mounts) is token, (name, mounts)
+    assert spec.automount_service_account_token is token, name
+    assert pod.metadata.labels["mlplane.dev/name"], name
+
+
 def test_gpu_job_runs_through_kuberays_states_on_a100_nodes(
-    namespaces: Callable[[str], Resources], k8s_api: client.ApiClient
+    namespaces: Callable[[str], Resources], k8s_api: client.ApiClient, mlflow_server: str
 ) -> None:
     team = namespaces(f"kuberay-place-{SUFFIX}")
     created = team.apply(training_job("churn", workers=2))
-    job = wait_for(phase_is(team, "churn", "Starting"), 30)
+    # The operator's first run: a loaded machine has taken over 30 s to start watching it.
+    wait_for(phase_is(team, "churn", "Starting"), 60)
+    # Admitted first, written on the resource, then launched: the RayJob is named right after.
+    job = wait_for(lambda: (found := status(team, "churn")).get("ray") and found, 5)
     assert job["ray"] == {"backend": "kuberay", "submissionId": job["ray"]["submissionId"]} | {
         "rayJob": "churn-a1"
     }
@@ -278,14 +348,28 @@ def test_gpu_job_runs_through_kuberays_states_on_a100_nodes(
         # KubeRay put the group's Ray node label on the pod (and into `ray start --labels`).
         assert pod.metadata.labels["mlplane.dev/pool"] == "a100"
     assert [pod.spec.node_name[:4] for pod in placed["head"]] == ["cpu-"]
+    for pod in [*placed["head"], *workers]:
+        assert_hardened(pod)
     assert status(team, "churn")["phase"] == "Starting"  # the cluster is up, Ray has not said
+    # The Job KubeRay made to run `ray job submit`, and its pod, from mlplane's template.
+    submitter = wait_for(
+        lambda: (
+            client.CoreV1Api(k8s_api)
+            .list_namespaced_pod(team.namespace, label_selector="job-name=churn-a1")
+            .items
+        ),
+        KUBERAY_TIMEOUT,
+        every=0.2,
+    )
+    assert [c.name for c in submitter[0].spec.containers] == ["ray-job-submitter"]
+    assert_hardened(submitter[0])
 
     dashboard = accepted["status"]["dashboardURL"]
     ray_job_reports(team, k8s_api, "churn", "RUNNING")
     running = wait_for(phase_is(team, "churn", "Running"), 15)
     assert conditions(running)["Running"]["status"] == "True"
     assert running["ray"]["dashboardUrl"] == dashboard
-    ray_job_reports(team, k8s_api, "churn", "SUCCEEDED")
+    ray_job_reports(team, k8s_api, "churn", "SUCCEEDED", mlflow_server)
     done = wait_for(phase_is(team, "churn", "Succeeded"), 15)
     assert conditions(done)["Complete"]["status"] == "True"
     assert conditions(done)["Running"]["status"] == "False"
@@ -371,7 +455,7 @@ def aws(moto: MotoServer) -> dict[str, str]:
 
 
 def test_a_sweep_runs_its_parallel_trials_on_one_kuberay_cluster(
-    namespaces: Callable[[str], Resources], k8s_api: client.ApiClient
+    namespaces: Callable[[str], Resources], k8s_api: client.ApiClient, mlflow_server: str
 ) -> None:
     team = namespaces(f"kuberay-sweep-{SUFFIX}")
     template = training_job("template")["spec"]  # 1 worker x 4 a100 GPUs
@@ -412,19 +496,19 @@ def test_a_sweep_runs_its_parallel_trials_on_one_kuberay_cluster(
 
     ray_job_reports(team, k8s_api, "tune", "RUNNING")
     wait_for(sweep_phase("Running"), 15)
-    ray_job_reports(team, k8s_api, "tune", "SUCCEEDED")
+    ray_job_reports(team, k8s_api, "tune", "SUCCEEDED", mlflow_server)
     done = wait_for(sweep_phase("Succeeded"), 15)
     assert conditions(done)["Complete"]["status"] == "True"
 
 
-def model_deployment(name: str) -> dict[str, Any]:
+def model_deployment(name: str, **ray: Any) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ModelDeployment",
         "metadata": {"name": name},
         "spec": {
             "model": {"uri": "s3://models/churn/"},  # served as written: no registry lookup
-            "ray": {"perReplica": {"cpu": 1, "gpu": 1}, "nodePool": "t4"},
+            "ray": {"perReplica": {"cpu": 1, "gpu": 1}, "nodePool": "t4", **ray},
         },
     }
 
@@ -433,7 +517,8 @@ def test_a_model_deployment_is_a_rayservice_kuberay_runs_or_refuses(
     namespaces: Callable[[str], Resources], k8s_api: client.ApiClient
 ) -> None:
     team = namespaces(f"kuberay-serve-{SUFFIX}")
-    team.apply(model_deployment("churn"))
+    # Autoscaled: KubeRay adds its autoscaler to the head pod.
+    team.apply(model_deployment("churn", replicas={"min": 1, "max": 2}))
 
     def pending_cluster() -> str | None:
         try:
@@ -448,11 +533,19 @@ def test_a_model_deployment_is_a_rayservice_kuberay_runs_or_refuses(
 
     # KubeRay accepts it and makes its cluster: the replica's pod binds to a t4 node.
     cluster = wait_for(pending_cluster, KUBERAY_TIMEOUT, every=0.2)
-    nodes = {
-        pod.metadata.labels["ray.io/node-type"]: pod.spec.node_name[:3]
+    pods = {
+        pod.metadata.labels["ray.io/node-type"]: pod
         for pod in pods_of(k8s_api, team.namespace, cluster)
     }
-    assert nodes == {"head": "cpu", "worker": "t4-"}
+    assert {role: pod.spec.node_name[:3] for role, pod in pods.items()} == {
+        "head": "cpu",
+        "worker": "t4-",
+    }
+    # The replica's pod has no Kubernetes token; the head keeps one for the autoscaler, which
+    # is hardened like the rest.
+    assert_hardened(pods["worker"])
+    assert_hardened(pods["head"], token=True)
+    assert "autoscaler" in [c.name for c in pods["head"].spec.containers]
     assert team.get("modeldeployments", "churn")["status"]["phase"] == "Deploying"
 
     # 50 characters: a valid Kubernetes name, but KubeRay derives longer ones from it and
@@ -471,7 +564,7 @@ def test_a_model_deployment_is_a_rayservice_kuberay_runs_or_refuses(
 
 
 def test_quota_queues_the_third_job_and_admits_it_when_one_finishes(
-    namespaces: Callable[[str], Resources], k8s_api: client.ApiClient
+    namespaces: Callable[[str], Resources], k8s_api: client.ApiClient, mlflow_server: str
 ) -> None:
     team = namespaces(TEAM_A)
     apply_in_order(team, *(training_job(f"q{n}") for n in (1, 2, 3)))
@@ -483,11 +576,11 @@ def test_quota_queues_the_third_job_and_admits_it_when_one_finishes(
     queued = status(team, "q3")
     assert queued["queue"] == {"pool": "a100", "gpus": 4, "position": 1}
     admitted = conditions(queued)["Admitted"]
-    assert (admitted["status"], admitted["reason"]) == ("False", "Queued")
+    assert (admitted["status"], admitted["reason"]) == ("False", "WaitingForQuota")
     assert admitted["message"] == f"needs 4 a100 GPUs; {TEAM_A} uses 8 of 8 a100 GPUs; position 1"
     assert rayjobs(team) == ["q1-a1", "q2-a1"]
 
-    ray_job_reports(team, k8s_api, "q1", "SUCCEEDED")
+    ray_job_reports(team, k8s_api, "q1", "SUCCEEDED", mlflow_server)
     wait_for(phase_is(team, "q1", "Succeeded"), 15, every=0.05)
     finished = time.monotonic()
     wait_for(phase_is(team, "q3", "Starting"), 15, every=0.05)
@@ -501,6 +594,206 @@ def test_quota_queues_the_third_job_and_admits_it_when_one_finishes(
     team.delete("trainingjobs", "q4")
     wait_for(lambda: status(team, "q5")["queue"]["position"] == 1, 10)
     assert "q4-a1" not in rayjobs(team)
+
+
+def gpu_quota(name: str, a100: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "GPUQuota",
+        "metadata": {"name": name},
+        "spec": {"pools": [{"name": "a100", "gpus": a100}]},
+    }
+
+
+def printed(k8s_api: client.ApiClient, namespace: str, plural: str) -> list[dict[str, Any]]:
+    """What `kubectl get <plural>` shows: the API server's table of the kind's printer columns."""
+    response = k8s_api.call_api(
+        "GET",
+        f"{k8s_api.configuration.host}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}",
+        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+    )
+    response.read()
+    table = json.loads(response.data)
+    names = [column["name"] for column in table["columnDefinitions"]]
+    return [dict(zip(names, row["cells"], strict=True)) for row in table["rows"]]
+
+
+MLPLANE = str(Path(sys.executable).parent / "mlplane")
+
+
+def queue_views(output: Path) -> list[list[list[str]]]:
+    """The views `mlplane queue` printed, each as its lines split into words."""
+    views: list[list[list[str]]] = []
+    for line in output.read_text().splitlines():
+        if line.startswith("Pools"):
+            views.append([])
+        elif views:
+            views[-1].append(line.split())
+    return views
+
+
+def test_a_gpu_quota_queues_work_and_an_edit_admits_it_without_a_restart(
+    namespaces: Callable[[str], Resources],
+    k8s_api: client.ApiClient,
+    kubeconfig: Path,
+    tmp_path: Path,
+) -> None:
+    team = namespaces(f"kuberay-gq-{SUFFIX}")
+    team.apply(gpu_quota("gpus", a100=4))
+    apply_in_order(team, training_job("g1"), training_job("g2"))
+    assert status(team, "g1")["phase"] == "Starting"
+    waiting = status(team, "g2")
+    assert waiting["phase"] == "Queued"
+    message = conditions(waiting)["Admitted"]["message"]
+    assert message == f"needs 4 a100 GPUs; {team.namespace} uses 4 of 4 a100 GPUs; position 1"
+
+    def quota_shows(summary: str) -> dict[str, Any]:
+        found = team.get("gpuquotas", "gpus").get("status", {})
+        return found if found.get("summary") == summary else {}
+
+    shown = wait_for(lambda: quota_shows("a100 4/4"), 3 * INTERVAL + 5)
+    assert shown["pools"] == [{"name": "a100", "limit": 4, "used": 4, "queued": 4}]
+    assert shown["queued"] == [{"name": "g2", "pool": "a100", "gpus": 4, "position": 1}]
+    assert printed(k8s_api, team.namespace, "gpuquotas")[0] | {"Age": None} == {
+        "Name": "gpus",
+        "Used": "a100 4/4",
+        "Waiting": 1,
+        "Age": None,
+    }
+
+    # `mlplane queue` shows the pool, the quota and the line; --watch follows the edit below.
+    output = tmp_path / "queue.txt"
+    env = os.environ | {"KUBECONFIG": str(kubeconfig)}
+    command = [MLPLANE, "queue", "-n", team.namespace]
+    with output.open("w") as sink:
+        subprocess.run(command, env=env, stdout=sink, check=True, timeout=60)
+    [view] = queue_views(output)
+    assert ["a100", "-", "-", "4", "1", "4"] in view  # pool, no NodePool, held, waiting, queued
+    assert [team.namespace, "gpus", "a100", "4", "4", "4"] in view
+    [queued] = [row for row in view if "trainingjob/g2" in row]
+    assert queued[:6] == [team.namespace, "a100", "1", "trainingjob/g2", "4", "WaitingForQuota"]
+    with output.open("w") as sink:
+        watch = [*command, "--watch", "--interval", "0.5"]
+        watching = subprocess.Popen(watch, env=env, stdout=sink)
+    try:
+        wait_for(lambda: queue_views(output), 30)
+
+        team.objects.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            team.namespace,
+            "gpuquotas",
+            "gpus",
+            {"spec": {"pools": [{"name": "a100", "gpus": 8}]}},
+        )
+        edited = time.monotonic()
+        wait_for(phase_is(team, "g2", "Starting"), 15, every=0.05)
+        waited = time.monotonic() - edited
+        assert waited < 2 * INTERVAL + 1.0, f"admitted {waited:.1f}s after the quota was raised"
+        assert wait_for(lambda: quota_shows("a100 8/8"), 3 * INTERVAL + 5)["waiting"] == 0
+
+        def watch_shows_g2_admitted() -> bool:
+            view = (queue_views(output) or [[]])[-1]
+            return [team.namespace, "gpus", "a100", "8", "8", "0"] in view and not any(
+                "trainingjob/g2" in row for row in view
+            )
+
+        wait_for(watch_shows_g2_admitted, 10)
+    finally:
+        watching.kill()
+        watching.wait()
+
+
+def test_a_job_larger_than_its_pool_fails_at_once_and_holds_up_no_one(
+    namespaces: Callable[[str], Resources],
+) -> None:
+    team = namespaces(f"kuberay-big-{SUFFIX}")
+    team.apply(training_job("big", workers=7))  # 28 GPUs; a100 has 3 nodes of 8
+    failed = wait_for(phase_is(team, "big", "Failed"), 30)
+    reason = conditions(failed)["Failed"]
+    assert reason["reason"] == "ExceedsPoolCapacity"
+    assert reason["message"] == "needs 28 a100 GPUs; pool a100 has 24 GPUs in all"
+    apply_in_order(team, training_job("after"))
+    assert status(team, "after")["phase"] == "Starting"
+    assert rayjobs(team) == ["after-a1"]
+
+
+def test_a_node_pool_resource_places_and_counts_work_by_its_nodes_without_a_restart(
+    namespaces: Callable[[str], Resources], k8s_api: client.ApiClient, kubeconfig: Path
+) -> None:
+    team = namespaces(f"kuberay-np-{SUFFIX}")
+    objects = client.CustomObjectsApi(k8s_api)
+    name = f"t4-{SUFFIX}"  # the operator's configuration has no such pool
+
+    def on_pool(job: str, workers: int) -> dict[str, Any]:
+        found = training_job(job, workers=workers)
+        found["spec"]["resources"]["nodePool"] = name
+        return found
+
+    def shown(summary: str) -> dict[str, Any]:
+        found = objects.get_cluster_custom_object(GROUP, VERSION, "nodepools", name)
+        return found.get("status", {}) if found.get("status", {}).get("summary") == summary else {}
+
+    def select(pool: str) -> dict[str, Any]:
+        return {
+            "nodeSelector": {"mlplane.dev/pool": pool},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+        }
+
+    objects.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        "nodepools",
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "NodePool", "metadata": {"name": name},
+         "spec": select("t4")},
+    )  # fmt: skip
+    try:
+        # Its GPUs are its kwok nodes' allocatable: 2 t4 nodes of 4.
+        counted = wait_for(lambda: shown("0/8"), 3 * INTERVAL + 5)
+        assert (counted["nodes"], counted["capacity"], counted["gpusPerNode"]) == (2, 8, 4)
+
+        apply_in_order(team, on_pool("small", workers=1))
+        assert status(team, "small")["phase"] == "Starting"
+        worker = rayjob(team, "small-a1")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+        assert worker["template"]["spec"]["nodeSelector"] == {"mlplane.dev/pool": "t4"}
+        cluster = kuberay_reached(team, "small", "Running")["status"]["rayClusterName"]
+        workers = [
+            pod.spec.node_name
+            for pod in pods_of(k8s_api, team.namespace, cluster)
+            if pod.metadata.labels["ray.io/node-type"] == "worker"
+        ]
+        assert [node[:3] for node in workers] == ["t4-"]
+        assert wait_for(lambda: shown("4/8"), 3 * INTERVAL + 5)["allocated"] == 4
+        queue = subprocess.run(
+            [MLPLANE, "queue", "-n", team.namespace],
+            env=os.environ | {"KUBECONFIG": str(kubeconfig)},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        pools = [line.split() for line in queue.stdout.splitlines()]
+        assert [name, "2", "4/8", "4", "0", "0"] in pools  # nodes, GPUs, held, waiting, queued
+
+        team.apply(on_pool("big", workers=3))
+        failed = wait_for(phase_is(team, "big", "Failed"), 30)
+        assert conditions(failed)["Failed"]["message"] == (
+            f"needs 12 {name} GPUs; pool {name} has 8 GPUs in all"
+        )
+
+        # An edit counts from the next admission: the pool is now the a100 nodes, 3 of 8.
+        objects.patch_cluster_custom_object(
+            GROUP, VERSION, "nodepools", name, {"spec": select("a100")}
+        )
+        wait_for(lambda: shown("4/24"), 3 * INTERVAL + 5)
+        apply_in_order(team, on_pool("bigger", workers=3))
+        assert status(team, "bigger")["phase"] == "Starting"
+        worker = rayjob(team, "bigger-a1")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+        assert worker["template"]["spec"]["nodeSelector"] == {"mlplane.dev/pool": "a100"}
+    finally:
+        objects.delete_cluster_custom_object(GROUP, VERSION, "nodepools", name)
 
 
 def test_namespace_resource_quota_on_gpus_is_honoured(
@@ -570,6 +863,7 @@ def test_the_ledger_survives_an_operator_restart(
     namespaces: Callable[[str], Resources],
     k8s_api: client.ApiClient,
     kuberay_operator: OperatorProcess,
+    mlflow_server: str,
 ) -> None:
     team = namespaces(RESTARTED)
     apply_in_order(team, *(training_job(f"s{n}") for n in (1, 2, 3)))
@@ -587,7 +881,7 @@ def test_the_ledger_survives_an_operator_restart(
     assert [status(team, f"s{n}")["attempts"] for n in (1, 2)] == [1, 1]
     assert [status(team, f"s{n}")["queue"]["position"] for n in (3, 4)] == [1, 2]
 
-    ray_job_reports(team, k8s_api, "s1", "SUCCEEDED")
+    ray_job_reports(team, k8s_api, "s1", "SUCCEEDED", mlflow_server)
     wait_for(phase_is(team, "s3", "Starting"), 15)
     # s4's own timer moves it up, within an interval of s3 leaving the line.
     wait_for(lambda: status(team, "s4")["queue"]["position"] == 1, INTERVAL + 2)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
+import threading
 import time
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,8 @@ from kubernetes import client
 from mlflow import MlflowClient
 from ray.job_submission import JobSubmissionClient
 
+from mlplane.operator.code_package import archive, archive_key
+from mlplane.operator.embedded import free_port
 from tests.conftest import fresh_namespace
 from tests.e2e.conftest import OperatorProcess, Resources
 
@@ -45,13 +50,71 @@ def event_reasons(api: client.ApiClient, namespace: str, name: str) -> list[str]
     return [e.reason for e in sorted(events.items, key=lambda e: e.metadata.creation_timestamp)]
 
 
-def _broken_job() -> dict[str, Any]:
+class CodeServer:
+    """User code as a cluster takes it: the zip archive `mlplane package` uploads, at a remote
+    URI Ray fetches (here over HTTP from this process, rather than S3)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def working_dir(self, directory: Path) -> str:
+        data = archive(directory, as_module=False)
+        name = archive_key("", directory, data)
+        (self.root / name).write_bytes(data)
+        return f"http://127.0.0.1:{self.server.server_port}/{name}"
+
+
+@pytest.fixture(scope="module")
+def code_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CodeServer]:
+    server = CodeServer(tmp_path_factory.mktemp("code"))
+    yield server
+    server.server.shutdown()
+
+
+def _custom_job(code: CodeServer) -> dict[str, Any]:
+    doc = example("trainingjob-custom.yaml")
+    doc["spec"]["runtimeEnv"]["workingDir"] = code.working_dir(REPO / "examples" / "custom")
+    return doc
+
+
+def _broken_job(code: CodeServer) -> dict[str, Any]:
     doc = example("trainingjob-custom.yaml")
     doc["metadata"]["name"] = "broken"
     doc["spec"]["model"]["entrypoint"] = "failing_train:train_loop_per_worker"
-    doc["spec"]["runtimeEnv"] = {"workingDir": str(Path(__file__).parent / "usercode")}
+    doc["spec"]["runtimeEnv"] = {"workingDir": code.working_dir(Path(__file__).parent / "usercode")}
     doc["spec"]["retries"] = 1
     return doc
+
+
+LOCAL_CODE = {
+    "wine-local": (
+        example("trainingjob-custom.yaml")["spec"]["runtimeEnv"],  # the example as written
+        "spec.runtimeEnv.workingDir: 'examples/custom'",
+    ),
+    "token-path": (
+        {"workingDir": "/var/run/secrets/kubernetes.io/serviceaccount"},
+        "spec.runtimeEnv.workingDir: '/var/run/secrets/kubernetes.io/serviceaccount'",
+    ),
+    "etc-path": (
+        {"pyModules": ["../../../../etc"]},
+        "spec.runtimeEnv.pyModules[0]: '../../../../etc'",
+    ),
+}
+"""Jobs whose runtimeEnv names paths on the operator's machine: the runtimeEnv, and the start of
+the refusal it gets."""
+
+
+def _local_code_jobs() -> list[dict[str, Any]]:
+    docs = []
+    for name, (runtime_env, _) in LOCAL_CODE.items():
+        doc = example("trainingjob-custom.yaml")
+        doc["metadata"]["name"] = name
+        doc["spec"]["runtimeEnv"] = runtime_env
+        docs.append(doc)
+    return docs
 
 
 def _strict_gate_job() -> dict[str, Any]:
@@ -64,18 +127,19 @@ def _strict_gate_job() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def launched(
-    k8s_api: client.ApiClient, crds: list[str], operator: OperatorProcess
+    k8s_api: client.ApiClient, crds: list[str], operator: OperatorProcess, code_server: CodeServer
 ) -> Iterator[Resources]:
     """The jobs that only need to finish, applied together when the module starts: the operator
     and Ray run them side by side, and each test waits for its own (as in a team's namespace)."""
-    with fresh_namespace(k8s_api, "test-trainingjob-examples") as namespace:
+    with fresh_namespace(k8s_api, "e2e-trainingjob-examples") as namespace:
         resources = Resources(k8s_api, namespace, operator)
         for doc in (
             example("trainingjob-xgboost.yaml"),
             example("trainingjob-torch.yaml"),
-            example("trainingjob-custom.yaml"),
-            _broken_job(),
+            _custom_job(code_server),
+            _broken_job(code_server),
             _strict_gate_job(),
+            *_local_code_jobs(),
         ):
             resources.apply(doc)
         yield resources
@@ -146,6 +210,24 @@ def test_raising_entrypoint_fails_after_its_retries(launched: Resources) -> None
     assert failed["reason"] == "TrainingFailed"
     assert "attempt 2 of 2 failed" in failed["message"]
     assert "feature 'tenure' has 12 missing values" in failed["message"]
+
+
+@pytest.mark.parametrize("name", LOCAL_CODE)
+def test_local_code_is_refused_before_anything_runs(
+    launched: Resources, ray_cluster: str, name: str
+) -> None:
+    obj = launched.wait_for_phase(
+        "trainingjobs", name, {"Starting", "Running", "Succeeded", "Failed"}, 60
+    )
+    status = obj["status"]
+    assert status["phase"] == "Failed", status
+    failed = conditions(obj)["Failed"]
+    assert failed["reason"] == "InvalidSpec"
+    _, refusal = LOCAL_CODE[name]
+    assert failed["message"].startswith(f"{refusal} is a path on the operator's machine")
+    assert "`mlplane package`" in failed["message"]
+    assert submissions(ray_cluster, obj["metadata"]["uid"]) == []
+    assert "queue" not in status  # never admitted: it held no GPU
 
 
 def test_failed_gate_succeeds_without_registering(launched: Resources, mlflow_server: str) -> None:

@@ -7,6 +7,10 @@ the operator acts, denied on Secrets, on nodes, on what it never creates, and in
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +28,7 @@ pytestmark = pytest.mark.cluster
 
 GPU_VALUES = chart.CHART / "ci" / "gpu-pools-values.yaml"
 KINDS = ("trainingjobs", "tuningsweeps", "modeldeployments")
+MLPLANE = str(Path(sys.executable).parent / "mlplane")
 Access = tuple[Any, ...]
 """(verb, resource[/subresource], group, namespace, name), as `kubectl auth can-i` asks."""
 
@@ -40,6 +45,8 @@ def acting_in(namespace: str) -> list[Access]:
         allowed += [(verb, kind, "mlplane.dev", namespace) for verb in ("get", "list", "watch")]
         allowed += [("patch", kind, "mlplane.dev", namespace, "x")]  # the finalizer
         allowed += [("patch", f"{kind}/status", "mlplane.dev", namespace, "x")]
+    allowed += [(verb, "gpuquotas", "mlplane.dev", namespace) for verb in ("get", "list", "watch")]
+    allowed += [("patch", "gpuquotas/status", "mlplane.dev", namespace, "x")]
     return [
         *allowed,
         ("create", "events", "", namespace),
@@ -60,6 +67,12 @@ CRD_WATCH: list[Access] = [
     ("list", "customresourcedefinitions", "apiextensions.k8s.io"),
     ("watch", "customresourcedefinitions", "apiextensions.k8s.io"),
 ]
+POOLS: list[Access] = [  # NodePools, cluster-scoped, whatever the namespaces, and their nodes
+    *((verb, "nodepools", "mlplane.dev") for verb in ("get", "list", "watch")),
+    ("patch", "nodepools/status", "mlplane.dev", None, "x"),
+    ("list", "nodes", ""),
+    ("watch", "nodes", ""),
+]
 
 
 def never(release_namespace: str, namespace: str) -> list[Access]:
@@ -71,7 +84,13 @@ def never(release_namespace: str, namespace: str) -> list[Access]:
         denied += [
             (verb, kind, "mlplane.dev", namespace) for verb in ("create", "delete", "update")
         ]
+    denied += [  # the platform team sets GPUQuotas; the operator writes only their status
+        (verb, "gpuquotas", "mlplane.dev", namespace) for verb in ("create", "delete", "patch")
+    ]
     denied += [(verb, "nodes", "") for verb in ("patch", "update", "delete", "create")]
+    denied += [  # the platform team sets NodePools too
+        (verb, "nodepools", "mlplane.dev") for verb in ("create", "delete", "patch")
+    ]
     return [
         *denied,
         ("delete", "events", "", namespace),
@@ -121,7 +140,12 @@ def test_default_manifests_grant_exactly_what_the_operator_needs(
     )
     with api_client(sa_kubeconfig) as api:
         team = "team-anywhere"  # cluster-wide: any namespace, even one that does not exist yet
-        allowed = [*acting_in(team), *peering("clusterkopfpeerings", None, "mlplane"), *CRD_WATCH]
+        allowed = [
+            *acting_in(team),
+            *peering("clusterkopfpeerings", None, "mlplane"),
+            *CRD_WATCH,
+            *POOLS,
+        ]
         denied = [
             *never(chart.NAMESPACE, team),
             ("patch", "clusterkopfpeerings", "kopf.dev", None, "other"),
@@ -171,7 +195,7 @@ def test_gpu_pools_in_single_namespace_mode_apply_and_stay_in_their_namespaces(
         )
         with api_client(sa_kubeconfig) as api:
             name = f"{release}-mlplane"
-            allowed = [*acting_in(team), *peering("kopfpeerings", team, name), *CRD_WATCH]
+            allowed = [*acting_in(team), *peering("kopfpeerings", team, name), *CRD_WATCH, *POOLS]
             allowed += [("list", "namespaces", ""), ("watch", "namespaces", "")]
             denied = [
                 *never(namespace, team),
@@ -222,5 +246,57 @@ def test_argocd_health_checks_merge_into_an_existing_argocd_cm(
     assert data["url"] == "https://argocd.example.com"
     assert {k for k in data if k.startswith("resource.customizations.health.")} == {
         f"resource.customizations.health.mlplane.dev_{kind}"
-        for kind in ("TrainingJob", "TuningSweep", "ModelDeployment")
+        for kind in ("TrainingJob", "TuningSweep", "ModelDeployment", "GPUQuota", "NodePool")
     }
+
+
+def test_a_tenant_with_edit_runs_work_and_only_reads_its_gpu_quota(
+    default_install: None, k8s_api: client.ApiClient, kubeconfig: Path, tmp_path: Path
+) -> None:
+    """A team given Kubernetes' own `edit` role in its namespace, and nothing else: the chart's
+    aggregated rules let it run work and read its GPUQuota, not change the quota."""
+    team = f"team-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(k8s_api)
+    core.create_namespace({"metadata": {"name": team}})
+    try:
+        core.create_namespaced_service_account(team, {"metadata": {"name": "alice"}})
+        client.RbacAuthorizationV1Api(k8s_api).create_namespaced_role_binding(
+            team,
+            {
+                "metadata": {"name": "alice-edit"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "edit",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": team}],
+            },
+        )
+        tenant = service_account_kubeconfig(k8s_api, kubeconfig, team, "alice", tmp_path / "t")
+        allowed: list[Access] = [
+            (verb, "gpuquotas", "mlplane.dev", team) for verb in ("get", "list", "watch")
+        ]
+        for kind in KINDS:
+            allowed += [(verb, kind, "mlplane.dev", team) for verb in ("create", "delete", "get")]
+        denied: list[Access] = [
+            (verb, "gpuquotas", "mlplane.dev", team) for verb in ("create", "patch", "delete")
+        ]
+        denied += [("patch", "gpuquotas/status", "mlplane.dev", team, "x")]
+        denied += [("get", "gpuquotas", "mlplane.dev", "other-team")]
+        with api_client(tenant) as api:
+            # The aggregation controller adds the chart's rules to `edit` within seconds.
+            deadline = time.monotonic() + 30
+            while not can(api, "create", "trainingjobs", "mlplane.dev", team):
+                assert time.monotonic() < deadline, "edit never gained mlplane's rules"
+                time.sleep(0.5)
+            assert_access(api, allowed, denied)
+        # `mlplane queue` needs no more than that in its namespace, and says what it may not see.
+        as_tenant = {"env": os.environ | {"KUBECONFIG": str(tenant)}, "capture_output": True}
+        own = subprocess.run([MLPLANE, "queue", "-n", team], text=True, **as_tenant)
+        assert own.returncode == 0, own.stderr
+        assert own.stdout.splitlines()[0] == "Pools"
+        every = subprocess.run([MLPLANE, "queue"], text=True, **as_tenant)
+        assert every.returncode == 1
+        assert every.stderr.startswith("mlplane queue: 403 Forbidden"), every.stderr
+    finally:
+        core.delete_namespace(team)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import yaml
+from hostile_specs import HOSTILE_SPECS, Hostile
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -17,9 +18,11 @@ EXAMPLE_DIR = Path(__file__).parents[2] / "examples"
 EXAMPLES = sorted(EXAMPLE_DIR.glob("*.yaml"))
 # Named one by one, so a new example cannot slip in untested.
 EXAMPLE_NAMES = [
+    "gpuquota.yaml",
     "modeldeployment-canary.yaml",
     "modeldeployment-ray.yaml",
     "modeldeployment-sagemaker.yaml",
+    "nodepool.yaml",
     "trainingjob-custom.yaml",
     "trainingjob-torch.yaml",
     "trainingjob-xgboost.yaml",
@@ -39,9 +42,15 @@ def _plural(kind: str) -> str:
 
 
 def create(api: client.ApiClient, namespace: str, doc: dict[str, Any]) -> dict[str, Any]:
-    return client.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, _plural(doc["kind"]), doc
-    )
+    """Create `doc` in `namespace`; a cluster-scoped kind's object lives for the test only,
+    so that no operator of a later test finds it."""
+    objects = client.CustomObjectsApi(api)
+    plural = _plural(doc["kind"])
+    if KINDS[doc["kind"]].namespaced:
+        return objects.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, doc)
+    created = objects.create_cluster_custom_object(GROUP, VERSION, plural, doc)
+    objects.delete_cluster_custom_object(GROUP, VERSION, plural, doc["metadata"]["name"])
+    return created
 
 
 def rejection(api: client.ApiClient, namespace: str, doc: dict[str, Any]) -> str:
@@ -90,6 +99,8 @@ def test_every_example_is_accepted(
 def _leaves(node: Any, prefix: str = "") -> set[str]:
     if isinstance(node, dict):
         return {leaf for k, v in node.items() for leaf in _leaves(v, f"{prefix}.{k}")}
+    if isinstance(node, list):
+        return {leaf for i, v in enumerate(node) for leaf in _leaves(v, f"{prefix}[{i}]")}
     if isinstance(node, int | float) and not isinstance(node, bool):
         node = float(node)  # JSON does not keep 1.0 apart from 1
     return {f"{prefix}={node!r}"}
@@ -212,3 +223,52 @@ def test_status_is_a_subresource(
     stored = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingjobs", "j")
     assert stored["status"]["phase"] == "Running"
     assert stored["status"]["kopf"] == {"progress": {"x": 1}}  # kopf's bookkeeping is kept
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in HOSTILE_SPECS if c.api_server], ids=lambda case: case.id
+)
+def test_api_server_refuses_every_hostile_spec_naming_the_field(
+    case: Hostile, crds: list[str], k8s_api: client.ApiClient, namespace: str
+) -> None:
+    message = rejection(k8s_api, namespace, case.doc)
+    assert case.field in message, message
+
+
+def test_a_gpu_quota_names_each_pool_once_with_a_whole_number_of_gpus(
+    crds: list[str], k8s_api: client.ApiClient, namespace: str
+) -> None:
+    def quota(*pools: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "GPUQuota",
+            "metadata": {"name": "gpus"},
+            "spec": {"pools": list(pools)},
+        }
+
+    twice = rejection(
+        k8s_api, namespace, quota({"name": "a100", "gpus": 8}, {"name": "a100", "gpus": 4})
+    )
+    assert "spec.pools[1]: Duplicate value" in twice
+    negative = rejection(k8s_api, namespace, quota({"name": "a100", "gpus": -1}))
+    assert "spec.pools[0].gpus" in negative
+    assert "spec.pools" in rejection(k8s_api, namespace, quota())
+
+
+def test_a_node_pool_selects_its_nodes_and_tolerates_like_a_pod(
+    crds: list[str], k8s_api: client.ApiClient, namespace: str
+) -> None:
+    def pool(**spec: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "NodePool",
+            "metadata": {"name": "p"},
+            "spec": {"nodeSelector": {"mlplane.dev/pool": "a100"}, **spec},
+        }
+
+    assert "spec.nodeSelector" in rejection(k8s_api, namespace, pool(nodeSelector={}))
+    bad_key = rejection(k8s_api, namespace, pool(nodeSelector={"-pool": "a100"}))
+    assert "spec.nodeSelector" in bad_key
+    keyless = rejection(k8s_api, namespace, pool(tolerations=[{"effect": "NoSchedule"}]))
+    assert "a toleration without a key must be operator Exists" in keyless
+    assert "spec.gpuResource" in rejection(k8s_api, namespace, pool(gpuResource="gpu"))

@@ -11,41 +11,23 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
 import mlflow
 import mlflow.pyfunc
-import mlflow.sklearn
 import pandas as pd
 import pytest
 import requests
 from mlflow.models import infer_signature
-from sklearn.datasets import load_iris
-from sklearn.linear_model import LogisticRegression
+from serving_support import FEATURES, ROWS, Story, available, register_iris, serving_story
 
 from mlplane.crds.modeldeployment import ModelDeployment
-from mlplane.operator.backends.serve import ServeRestBackend
-from mlplane.operator.embedded import free_port
-from mlplane.operator.modeldeployment import (
-    MlflowModelResolver,
-    ModelDeploymentReconciler,
-    ModelNotFound,
-)
-from mlplane.operator.status import condition
+from mlplane.operator.modeldeployment import MlflowModelResolver, ModelNotFound
 from mlplane.serving.config import ModelRef
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
-
-FEATURES = ["sl", "sw", "pl", "pw"]
-ROWS = [
-    {"sl": 5.1, "sw": 3.5, "pl": 1.4, "pw": 0.2},
-    {"sl": 6.2, "sw": 2.9, "pl": 4.3, "pw": 1.3},
-    {"sl": 7.7, "sw": 3.0, "pl": 6.1, "pw": 2.3},
-    {"sl": 5.9, "sw": 3.0, "pl": 5.1, "pw": 1.8},
-]
 
 
 class FailsOnRealTraffic(mlflow.pyfunc.PythonModel):
@@ -64,20 +46,12 @@ def registry(mlflow_server: str) -> dict[str, str]:
     mlflow.set_tracking_uri(mlflow_server)
     # Replicas cannot import this test module: ship the broken model's class inside its pickle.
     cloudpickle.register_pickle_by_value(sys.modules[FailsOnRealTraffic.__module__])
-    frame, target = load_iris(return_X_y=True, as_frame=True)
-    frame.columns = FEATURES
-    uris = {}
     with mlflow.start_run():
-        for tag, strength in (("v1", 1.0), ("v2", 0.01)):
-            model = LogisticRegression(C=strength, max_iter=500).fit(frame, target)
-            info = mlflow.sklearn.log_model(
-                model,
-                name=tag,
-                signature=infer_signature(frame, model.predict(frame)),
-                pip_requirements=["scikit-learn"],
-                registered_model_name="iris",
-            )
-            uris[tag] = f"models:/iris/{info.registered_model_version}"
+        uris = {
+            tag: register_iris("iris", tag, strength)
+            for tag, strength in (("v1", 1.0), ("v2", 0.01))
+        }
+        frame = pd.DataFrame(ROWS)
         info = mlflow.pyfunc.log_model(
             name="broken",
             python_model=FailsOnRealTraffic(),
@@ -89,76 +63,14 @@ def registry(mlflow_server: str) -> dict[str, str]:
     return uris
 
 
-@dataclass
-class Story:
-    """The one ModelDeployment of this module and the reconciler that drives it."""
-
-    reconciler: ModelDeploymentReconciler
-    md: ModelDeployment
-    events: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def step(self) -> ModelDeployment:
-        result = self.reconciler.reconcile(self.md)
-        self.events += [(e.type, e.reason, e.message) for e in result.events]
-        self.md = self.md.model_copy(update={"status": result.status})
-        return self.md
-
-    def drive(
-        self, done: Callable[[ModelDeployment], bool], timeout: float = 150.0
-    ) -> ModelDeployment:
-        """Reconcile as the operator's timer would, until `done` holds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            md = self.step()
-            if done(md):
-                return md
-            time.sleep(0.5)
-        raise AssertionError(f"not done after {timeout:.0f}s: {md.status.to_dict()}")
-
-    def edit(self, **spec: Any) -> None:
-        data = self.md.to_dict()
-        data["spec"].update(spec)
-        data["metadata"]["generation"] += 1
-        self.md = ModelDeployment.model_validate(data)
-
-    def reason(self, type_: str) -> str:
-        found = condition(self.md.status.conditions, type_)
-        return f"{found.status}/{found.reason}: {found.message}" if found else ""
-
-    @property
-    def url(self) -> str:
-        assert self.md.status.url
-        return self.md.status.url
-
-
-def available(md: ModelDeployment) -> bool:
-    return md.status.phase == "Available"
-
-
 @pytest.fixture(scope="module")
 def story(ray_cluster: str, mlflow_server: str, registry: dict[str, str]) -> Iterator[Story]:
-    backend = ServeRestBackend(ray_cluster, http_port=free_port())
-    reconciler = ModelDeploymentReconciler(
-        backend,
-        MlflowModelResolver(mlflow_server),
-        job_models=lambda namespace, name: None,
-        env={"MLFLOW_TRACKING_URI": mlflow_server},
-        metrics_window_seconds=30,
-        min_canary_requests=5,
-    )
-    md = ModelDeployment.model_validate(
-        {
-            "metadata": {"name": "iris", "namespace": "serving-test", "generation": 1},
-            "spec": {
-                "model": {"uri": registry["v1"]},
-                "ray": {"perReplica": {"cpu": "200m"}, "batching": {"maxBatchSize": 8}},
-            },
-        }
-    )
-    story = Story(reconciler, md)
-    yield story
-    reconciler.delete(story.md)
-    assert backend.state("serving-test.iris").status in ("MISSING", "DELETING")
+    spec = {
+        "model": {"uri": registry["v1"]},
+        "ray": {"perReplica": {"cpu": "200m"}, "batching": {"maxBatchSize": 8}},
+    }
+    with serving_story(ray_cluster, mlflow_server, "serving-test", "iris", spec) as story:
+        yield story
 
 
 class Load:

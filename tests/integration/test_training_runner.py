@@ -11,9 +11,7 @@ job instead of the sum of all of them.
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,6 +32,7 @@ from service_fixtures import MotoServer
 from sklearn.datasets import load_breast_cancer, load_wine
 
 from mlplane.crds.trainingjob import TrainingJobSpec
+from mlplane.operator.lifecycle import runner_entrypoint
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow]
 
@@ -68,10 +67,7 @@ class Runner:
             "storagePath": str(self.storage_path),
             "experiment": parsed.tracking.experiment or f"tests/{name}",
         }
-        entrypoint = (
-            "python -m mlplane.training train "
-            f"--spec-json {_b64(parsed.to_dict())} --context-json {_b64(context)}"
-        )
+        entrypoint = runner_entrypoint("train", parsed.to_dict(), context)
         return self.jobs.submit_job(
             entrypoint=entrypoint,
             submission_id=f"mlplane-{uid}-{attempt}",
@@ -112,17 +108,13 @@ class Launched:
 
 
 def runtime_env(spec: TrainingJobSpec) -> dict[str, Any]:
-    """The Ray runtime_env the operator builds from `spec.runtimeEnv` (see DESIGN.md §3)."""
+    """The Ray runtime_env the operator builds from `spec.runtimeEnv`."""
     env: dict[str, Any] = {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}}
     if spec.runtime_env:
         env["env_vars"].update(spec.runtime_env.env_vars)
         if spec.runtime_env.working_dir:
             env["working_dir"] = str(Path(spec.runtime_env.working_dir).resolve())
     return env
-
-
-def _b64(data: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
 
 
 def _all_experiments(tracking_uri: str) -> list[str]:

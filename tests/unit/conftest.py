@@ -1,4 +1,4 @@
-"""Fixtures the reconciler unit tests share."""
+"""Fixtures the unit tests share."""
 
 from collections.abc import Callable
 from typing import Any

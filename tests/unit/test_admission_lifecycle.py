@@ -62,14 +62,15 @@ def test_over_quota_work_is_queued_with_its_position_and_why(parts) -> None:
     queue = third.status.queue
     assert (queue.pool, queue.gpus, queue.position) == ("a100", 4, 1)
     admitted = condition(third.status.conditions, "Admitted")
-    assert (admitted.status, admitted.reason) == ("False", "Queued")
+    assert (admitted.status, admitted.reason) == ("False", "WaitingForQuota")
     assert admitted.message == "needs 4 a100 GPUs; team-a uses 8 of 8 a100 GPUs; position 1"
     assert len(backend.submissions) == 2  # nothing launched for the queued job
 
 
-def test_a_finished_job_lets_the_next_one_in(parts) -> None:
+def test_a_finished_job_lets_the_next_one_in(parts, runner_opens) -> None:
     reconciler, backend, ledger = parts
     first, _, third = (step(reconciler, make_job(n)) for n in (1, 2, 3))
+    runner_opens(reconciler, first)
     backend.jobs[first.status.ray.submission_id] = "SUCCEEDED"
     assert step(reconciler, first).status.phase == "Succeeded"
     third = step(reconciler, third)
@@ -150,6 +151,91 @@ def test_the_first_step_says_once_what_became_of_the_job(
     assert [[e.reason for e in s.events] for s in (first, second, third)] == [
         ["Launched"],
         ["Launched"],
-        ["Queued"],
+        ["WaitingForQuota"],
     ]
     assert observed == []
+
+
+def test_a_submit_that_fails_gives_back_its_gpus_and_says_why(parts) -> None:
+    reconciler, backend, ledger = parts
+    backend.refusal = ConnectionError("the Ray dashboard refused the connection")
+    job = make_job(1)
+    result = reconciler.reconcile(job)
+    job.status = result.status
+    admitted = condition(job.status.conditions, "Admitted")
+    assert (job.status.phase, admitted.reason) == ("Pending", "SubmitFailed")
+    assert admitted.message == (
+        "attempt 1 was not submitted: ConnectionError: the Ray dashboard refused the connection"
+    )
+    assert [e.reason for e in result.events] == ["SubmitFailed"]
+    assert ledger.held("a100", "team-a") == 0  # nothing held while nothing runs
+    backend.refusal = None
+    assert step(reconciler, make_job(2)).status.phase == "Starting"
+    job = step(reconciler, job)  # the next pass submits the same attempt
+    assert job.status.phase == "Starting"
+    assert [s.submission_id for s in backend.submissions][-1].endswith("-1")
+    assert ledger.held("a100", "team-a") == 8
+
+
+def test_an_admission_is_recorded_before_anything_is_launched(parts) -> None:
+    reconciler, backend, _ = parts
+    recorded: list[tuple[str | None, str | None, int]] = []
+
+    def record(status) -> None:
+        admitted = condition(status.conditions, "Admitted")
+        recorded.append((status.phase, admitted.status, len(backend.submissions)))
+        assert status.ray is None
+
+    job = make_job(1)
+    job.status = reconciler.reconcile(job, record=record).status
+    assert recorded == [("Starting", "True", 0)]
+    assert job.status.phase == "Starting" and job.status.ray
+    assert len(backend.submissions) == 1
+
+    queued = make_job(2, workers=2)
+    reconciler.reconcile(queued, record=record)
+    assert len(recorded) == 1  # a job the ledger queues changes nothing outside its status
+
+
+def test_a_restart_between_admission_and_launch_neither_overfills_nor_relaunches(
+    parts, tracking: Tracking
+) -> None:
+    """The operator stopped right after it recorded an admission: the ledger a new operator
+    rebuilds from the statuses counts those GPUs, so later work waits, and the admitted job is
+    launched once, by its own next step."""
+    reconciler, backend, _ = parts
+    first = make_job(1, workers=2)
+    recorded: list = []
+
+    def record_then_stop(status) -> None:
+        recorded.append(status.model_copy(deep=True))
+        raise KeyboardInterrupt  # as abrupt as a SIGKILL: nothing after it runs
+
+    with pytest.raises(KeyboardInterrupt):
+        reconciler.reconcile(first, record=record_then_stop)
+    first.status = recorded[0]
+    assert backend.submissions == []
+
+    config = reconciler.config
+    ledger = GpuLedger(config_limits(config, namespace_quota=lambda ns: None))
+    restarted = TrainingJobReconciler(
+        config, backend, tracking, MetricsFeed(tracking, max_age_seconds=0), ledger
+    )
+    ledger.rebuild([(restarted.work(first), first.status.phase)])
+    second = step(restarted, make_job(2))
+    assert second.status.phase == "Queued"
+    first = step(restarted, first)
+    assert first.status.phase == "Starting"
+    assert [s.submission_id for s in backend.submissions] == [submission_id(first.metadata.uid, 1)]
+    step(restarted, first)
+    assert len(backend.submissions) == 1
+
+
+def test_a_run_bigger_than_its_pool_fails_at_once_and_holds_no_one_up(parts) -> None:
+    reconciler, backend, ledger = parts
+    huge = step(reconciler, make_job(1, workers=7))  # 28 GPUs; the pool has 3 nodes of 8
+    failed = condition(huge.status.conditions, "Failed")
+    assert (huge.status.phase, failed.reason) == ("Failed", "ExceedsPoolCapacity")
+    assert failed.message == "needs 28 a100 GPUs; pool a100 has 24 GPUs in all"
+    assert step(reconciler, make_job(2)).status.phase == "Starting"
+    assert ledger.waiting() == [] and backend.submissions[0].submission_id.endswith("-1")

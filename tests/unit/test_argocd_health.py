@@ -25,7 +25,6 @@ RUN_HEALTH = {
     "Running": "Progressing",
     "Succeeded": "Healthy",
     "Failed": "Degraded",
-    "Cancelled": "Degraded",
 }
 DEPLOYMENT_HEALTH = {
     "Deploying": "Progressing",
@@ -173,3 +172,18 @@ def test_the_documented_application_installs_this_chart() -> None:
     assert all((chart.CHART / f).is_file() for f in source["helm"]["valueFiles"])
     destination = apps["mlplane"]["spec"]["destination"]
     assert destination["namespace"] == chart.NAMESPACE
+
+
+@pytest.mark.parametrize(("kind", "summary"), [("GPUQuota", "a100 8/16"), ("NodePool", "8/24")])
+def test_a_quota_or_pool_is_healthy_once_its_status_is_of_its_spec(
+    scripts: dict[str, str], kind: str, summary: str
+) -> None:
+    found = resource(kind, None)
+    assert health(scripts[kind], found)["status"] == "Progressing"
+    found["status"] = {"observedGeneration": 1, "summary": summary}
+    assert health(scripts[kind], found) == {
+        "status": "Progressing",
+        "message": "Waiting for the mlplane operator to observe generation 2",
+    }
+    found["status"]["observedGeneration"] = 2
+    assert health(scripts[kind], found) == {"status": "Healthy", "message": summary}

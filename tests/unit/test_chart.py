@@ -16,7 +16,14 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from mlplane.operator.cluster import chart
+from mlplane.crds import KINDS
+from mlplane.operator.backends.kuberay import (
+    Placement,
+    cluster_spec,
+    submitter_template,
+    worker_group,
+)
+from mlplane.operator.cluster import chart, rbac_table
 from mlplane.operator.cluster.build import HELM, HELM_VERSION, ensure_tool
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.metrics import OperatorMetrics
@@ -104,6 +111,8 @@ def test_default_install_runs_one_locked_down_operator(helm: Path) -> None:
     assert kinds == [
         "ClusterKopfPeering",
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRole",
         "ClusterRoleBinding",
         "ConfigMap",
         "Deployment",
@@ -188,12 +197,15 @@ def test_single_namespace_mode_grants_nothing_outside_the_watched_namespaces(hel
         "--namespace=team-a",
         "--namespace=team-b",
     ]
-    cluster_role = find(docs, "ClusterRole")
-    assert [r["resources"] for r in cluster_role["rules"]] == [
-        ["customresourcedefinitions"],
-        ["namespaces"],
+    # Cluster-wide only what is cluster-scoped: kinds, NodePools and their nodes, namespaces.
+    cluster_role = find(docs, "ClusterRole", "mlplane")
+    assert [(r["resources"], r["verbs"]) for r in cluster_role["rules"]] == [
+        (["customresourcedefinitions"], ["list", "watch"]),
+        (["nodepools"], ["get", "list", "watch"]),
+        (["nodepools/status"], ["patch"]),
+        (["nodes"], ["list", "watch"]),
+        (["namespaces"], ["list", "watch"]),
     ]
-    assert all(set(r["verbs"]) == {"list", "watch"} for r in cluster_role["rules"])
     roles = [d for d in docs if d["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     bindings = [d for d in docs if d["kind"] == "RoleBinding"]
@@ -214,7 +226,7 @@ def test_kuberay_backend_manages_rayjobs_and_rayservices_and_nothing_more(
         "operator.checkpointStorage=s3://bucket/checkpoints",
     ]
     docs = render(helm, *(f"--set={v}" for v in values))
-    ray = [r for r in find(docs, "ClusterRole")["rules"] if r["apiGroups"] == ["ray.io"]]
+    ray = [r for r in find(docs, "ClusterRole", "mlplane")["rules"] if r["apiGroups"] == ["ray.io"]]
     assert ray == [
         {
             "apiGroups": ["ray.io"],
@@ -228,18 +240,24 @@ def test_kuberay_backend_manages_rayjobs_and_rayservices_and_nothing_more(
         },
     ]
     # Ray pods are read, never written: why a RayCluster cannot start (Unschedulable and the like).
-    pods = [r for r in find(docs, "ClusterRole")["rules"] if "pods" in r["resources"]]
+    pods = [r for r in find(docs, "ClusterRole", "mlplane")["rules"] if "pods" in r["resources"]]
     assert pods == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
     # Events are read too: KubeRay says why it refuses a RayService only in one.
-    events = [r for r in find(docs, "ClusterRole")["rules"] if "events" in r["resources"]]
+    events = [
+        r for r in find(docs, "ClusterRole", "mlplane")["rules"] if "events" in r["resources"]
+    ]
     assert {verb for r in events for verb in r["verbs"]} == {"create", "list"}
     config = operator_config(docs, tmp_path)
     assert config.backend == "kuberay" and config.ray_image == "registry.example/mlplane:1"
     assert config.head_node_pool == "cpu"
     assert config.checkpoint_storage == "s3://bucket/checkpoints"
     assert config.use_kubernetes_proxy is None  # in a pod: Serve by cluster DNS
-    assert not [r for r in find(docs, "ClusterRole")["rules"] if "services/proxy" in r["resources"]]
-    rules = find(render(helm), "ClusterRole")["rules"]
+    assert not [
+        r
+        for r in find(docs, "ClusterRole", "mlplane")["rules"]
+        if "services/proxy" in r["resources"]
+    ]
+    rules = find(render(helm), "ClusterRole", "mlplane")["rules"]
     assert not [r for r in rules if "ray.io" in r["apiGroups"] or "pods" in r["resources"]]
 
 
@@ -252,10 +270,36 @@ def test_kuberay_through_the_kubernetes_proxy_may_proxy_to_services(
         "--set=operator.checkpointStorage=s3://bucket/checkpoints",
         "--set=operator.kuberay.useKubernetesProxy=true",
     )
-    proxy = [r for r in find(docs, "ClusterRole")["rules"] if "services/proxy" in r["resources"]]
+    proxy = [
+        r
+        for r in find(docs, "ClusterRole", "mlplane")["rules"]
+        if "services/proxy" in r["resources"]
+    ]
     assert proxy == [{"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get"]}]
     config = operator_config(docs, tmp_path)
     assert config.use_kubernetes_proxy and config.through_kubernetes_proxy
+
+
+def test_tenants_get_mlplane_through_kubernetes_roles_and_only_read_gpu_quotas(
+    helm: Path,
+) -> None:
+    docs = render(helm)
+    view, edit = (
+        find(docs, "ClusterRole", "mlplane-view"),
+        find(docs, "ClusterRole", "mlplane-edit"),
+    )
+    aggregated = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k in view["metadata"]["labels"] if k.startswith(aggregated)} == {
+        f"{aggregated}{role}" for role in ("view", "edit", "admin")
+    }
+    assert {k for k in edit["metadata"]["labels"] if k.startswith(aggregated)} == {
+        f"{aggregated}{role}" for role in ("edit", "admin")
+    }
+    assert "gpuquotas" in view["rules"][0]["resources"]
+    assert view["rules"][0]["verbs"] == ["get", "list", "watch"]
+    assert [r for r in edit["rules"] if "gpuquotas" in r["resources"]] == []
+    names = {d["metadata"]["name"] for d in render(helm, "--set=rbac.tenantRoles=false")}
+    assert not {"mlplane-view", "mlplane-edit"} & names
 
 
 def test_secrets_are_readable_only_when_asked_and_only_to_get(helm: Path) -> None:
@@ -270,9 +314,11 @@ def test_secrets_are_readable_only_when_asked_and_only_to_get(helm: Path) -> Non
     assert secret_rules("--set=rbac.readCredentialsSecrets=true") == [allowed]
 
 
-def test_aws_options_reach_the_operator_environment(helm: Path) -> None:
+def test_aws_options_reach_the_operator_environment(helm: Path, tmp_path: Path) -> None:
     docs = render(
         helm,
+        "--set",
+        "aws.sagemakerEndpointUrls={https://vpce-1.api.sagemaker.eu-west-1.vpce.amazonaws.com}",
         "--set",
         "aws.region=eu-west-1",
         "--set",
@@ -289,6 +335,8 @@ def test_aws_options_reach_the_operator_environment(helm: Path) -> None:
     assert main["envFrom"] == [{"secretRef": {"name": "aws-creds"}}]
     annotations = find(docs, "ServiceAccount")["metadata"]["annotations"]
     assert annotations["eks.amazonaws.com/role-arn"] == "arn:aws:iam::123456789012:role/mlplane"
+    allowed = operator_config(docs, tmp_path).sagemaker_endpoint_urls
+    assert allowed == ["https://vpce-1.api.sagemaker.eu-west-1.vpce.amazonaws.com"]
 
 
 @pytest.mark.parametrize(
@@ -325,7 +373,7 @@ def test_ray_away_from_the_operator_needs_shared_checkpoints(
 def test_chart_crds_are_the_generated_ones() -> None:
     """`make generate` copies crds/*.yaml into the chart; Helm installs what is there."""
     expected = chart.chart_crds()
-    assert len(expected) == 3
+    assert len(expected) == len(KINDS)
     stale = [p.name for p, text in expected.items() if not p.exists() or p.read_text() != text]
     assert not stale, f"stale chart CRDs {stale}: run `make generate`"
 
@@ -353,3 +401,134 @@ def test_the_dashboard_queries_only_metrics_the_operator_exports() -> None:
         "mlplane_reconcile_duration_seconds_bucket",
         "mlplane_reconcile_errors_total",
     } <= names
+
+
+def test_operator_and_mlflow_pods_are_hardened_and_only_the_operator_has_a_token(
+    helm: Path,
+) -> None:
+    docs = render(helm, "--set=mlflow.server.enabled=true")
+    for name, token in (("mlplane", True), ("mlplane-mlflow", False)):
+        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        # The operator works through the Kubernetes API; MLflow never calls it.
+        assert pod["automountServiceAccountToken"] is token, name
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] != 0, name
+        assert security["runAsGroup"] != 0, name
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for main in pod["containers"]:
+            assert main["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert main["securityContext"]["capabilities"]["drop"] == ["ALL"], name
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels; matchExpressions In and Exists) on `labels`."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        assert operator in ("In", "Exists"), operator
+        if key not in labels or (operator == "In" and labels[key] not in expression["values"]):
+            return False
+    return True
+
+
+def may_reach(policy: dict[str, Any], namespace: str, labels: dict[str, str]) -> bool:
+    """Whether a pod (its namespace and labels) may connect under the policy's ingress rules."""
+    namespace_labels = {"kubernetes.io/metadata.name": namespace}
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule["from"]:
+            if "namespaceSelector" in peer:
+                in_namespace = selects(peer["namespaceSelector"], namespace_labels)
+            else:  # a podSelector alone selects in the policy's own namespace
+                in_namespace = namespace == policy["metadata"]["namespace"]
+            if in_namespace and selects(peer.get("podSelector", {}), labels):
+                return True
+    return False
+
+
+def rendered_ray_pods() -> list[dict[str, str]]:
+    """The labels of each pod template the kuberay backend renders: head, worker, submitter."""
+    placement = Placement("registry.example/mlplane:1")
+    cluster = cluster_spec(placement, worker_group(placement, (1, 1, 1), 1, None, 0), "churn")
+    templates = [
+        cluster["headGroupSpec"]["template"],
+        cluster["workerGroupSpecs"][0]["template"],
+        submitter_template(placement, "churn"),
+    ]
+    return [template["metadata"]["labels"] for template in templates]
+
+
+def test_mlflow_is_reachable_only_from_the_operator_and_mlplanes_ray_pods(helm: Path) -> None:
+    docs = render(helm, "--set=mlflow.server.enabled=true")
+    policy = find(docs, "NetworkPolicy", "mlplane-mlflow")
+    mlflow_pod = find(docs, "Deployment", "mlplane-mlflow")["spec"]["template"]
+    assert selects(policy["spec"]["podSelector"], mlflow_pod["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    port = find(docs, "Service", "mlplane-mlflow")["spec"]["ports"][0]["port"]
+    assert [rule["ports"] for rule in policy["spec"]["ingress"]] == [
+        [{"protocol": "TCP", "port": port}]
+    ]
+
+    operator = find(docs, "Deployment", "mlplane")["spec"]["template"]["metadata"]["labels"]
+    assert may_reach(policy, "mlplane-system", operator)
+    for labels in rendered_ray_pods():
+        assert may_reach(policy, "team-a", labels), labels
+    # The operator's labels on a tenant's pod are not the operator; nor is any other pod.
+    assert not may_reach(policy, "team-a", operator)
+    assert not may_reach(policy, "mlplane-system", {"app": "web"})
+    assert not may_reach(policy, "ray", {"ray.io/is-ray-node": "yes"})
+
+    assert not [d for d in docs if d["kind"] == "NetworkPolicy" and d is not policy]
+    off = render(
+        helm, "--set=mlflow.server.enabled=true", "--set=mlflow.server.networkPolicy.enabled=false"
+    )
+    assert not [d for d in off if d["kind"] == "NetworkPolicy"]
+    assert not [d for d in render(helm) if d["kind"] == "NetworkPolicy"]  # no MLflow, no policy
+
+
+def test_mlflow_policy_follows_the_watched_namespaces_and_the_ray_cluster(helm: Path) -> None:
+    docs = render(
+        helm,
+        "--set=mlflow.server.enabled=true",
+        "--set=watchNamespaces={team-a}",
+        "--set=operator.rayAddress=http://ray-head.ray.svc:8265",
+        "--set=operator.checkpointStorage=s3://bucket/checkpoints",
+        '--set-json=mlflow.server.networkPolicy.from=[{"ipBlock":{"cidr":"10.1.0.0/16"}}]',
+    )
+    policy = find(docs, "NetworkPolicy", "mlplane-mlflow")
+    [ray_pod, *_] = rendered_ray_pods()
+    assert may_reach(policy, "team-a", ray_pod)
+    assert not may_reach(policy, "team-b", ray_pod)  # a namespace the operator does not serve
+    # The Ray cluster at rayAddress runs the jobs: KubeRay's label on its pods lets them in.
+    assert may_reach(policy, "ray", {"ray.io/is-ray-node": "yes"})
+    assert policy["spec"]["ingress"][0]["from"][-1] == {"ipBlock": {"cidr": "10.1.0.0/16"}}
+
+
+def test_the_rbac_table_in_the_security_docs_is_the_charts(helm: Path) -> None:
+    """docs/security.md lists what the chart grants, rewritten by `make generate`."""
+    table = rbac_table.rbac_table(helm)
+    document = rbac_table.SECURITY_DOC.read_text()
+    assert rbac_table.with_table(document, table) == document, (
+        "the RBAC table in docs/security.md is stale: run `make generate`"
+    )
+    # Secrets are readable only when a platform team asks, in either namespace mode.
+    secrets = [row for row in table.splitlines() if "`secrets`" in row]
+    assert len(secrets) == 2
+    assert all(row.endswith("| `rbac.readCredentialsSecrets: true` |") for row in secrets)
+
+
+INDEX = "https://pypi.internal/simple"
+
+
+def test_code_policies_render_into_the_operator_config(helm: Path, tmp_path: Path) -> None:
+    policies = [
+        {"namespaces": "team-*", "entrypointModules": ["team_models"], "pipIndexUrl": INDEX},
+        {"pip": False},
+    ]
+    docs = render(helm, f"--set-json=operator.codePolicies={json.dumps(policies)}")
+    config = operator_config(docs, tmp_path)
+    team, others = config.code_policy("team-a"), config.code_policy("research")
+    assert (team.entrypoint_modules, team.pip, team.pip_index_url) == (["team_models"], True, INDEX)
+    assert (others.namespaces, others.pip) == ("*", False)
+    with pytest.raises(chart.RenderError, match="/operator/codePolicies/0/entrypointModules/0"):
+        chart.template(helm, '--set-json=operator.codePolicies=[{"entrypointModules": ["os;"]}]')

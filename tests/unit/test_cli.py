@@ -74,7 +74,12 @@ def test_crds_command_prints_installable_yaml() -> None:
         "trainingjobs.mlplane.dev",
         "tuningsweeps.mlplane.dev",
         "modeldeployments.mlplane.dev",
+        "gpuquotas.mlplane.dev",
+        "nodepools.mlplane.dev",
     }
+    scopes = {d["spec"]["names"]["kind"]: d["spec"]["scope"] for d in docs}
+    assert scopes.pop("NodePool") == "Cluster"
+    assert set(scopes.values()) == {"Namespaced"}
 
 
 def test_console_script_is_installed() -> None:

@@ -64,6 +64,31 @@ def test_every_field_is_described(kind: str) -> None:
             assert node.get("description"), f"{kind} {path} has no description"
 
 
+def _unbounded(node: dict[str, Any]) -> str | None:
+    """What a hostile spec could blow up in this node, if anything."""
+    if node.get("x-kubernetes-int-or-string"):
+        return None if "maxLength" in node and "x-kubernetes-validations" in node else "quantity"
+    kind = node.get("type")
+    if kind in ("integer", "number") and "enum" not in node:
+        return None if "minimum" in node and "maximum" in node else "number without min and max"
+    if kind == "string" and not {"enum", "maxLength"} & node.keys():
+        return None if node.get("format") == "date-time" else "string without maxLength"
+    if kind == "array" and "maxItems" not in node:
+        return "list without maxItems"
+    if kind == "object" and "properties" not in node and "maxProperties" not in node:
+        return "map without maxProperties"
+    return None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_number_string_list_and_map_in_a_spec_is_bounded(kind: str) -> None:
+    """No spec value can overflow the operator's arithmetic or grow without limit (1e308
+    replicas, a 1 MiB label); free-form content is bounded by the models' validators."""
+    spec = _schema(kind)["properties"]["spec"]
+    unbounded = {path: why for path, node in _nodes(spec, "spec") if (why := _unbounded(node))}
+    assert unbounded == {}
+
+
 def _rules(kind: str) -> dict[str, str]:
     """Every CEL rule in a schema, keyed by rule, valued by the field path it sits on."""
     return {
@@ -122,7 +147,7 @@ def test_quantities_are_int_or_string_with_the_kubernetes_pattern() -> None:
     assert cpu["pattern"] == QUANTITY_PATTERN
 
 
-def test_crds_print_as_three_documents(tmp_path: Path) -> None:
+def test_crds_print_as_one_document_per_kind(tmp_path: Path) -> None:
     from mlplane.crds.generate import all_crds_yaml
 
     docs = list(yaml.safe_load_all(all_crds_yaml()))

@@ -89,6 +89,46 @@ def test_job_settings_owner_and_name() -> None:
     assert (owner["kind"], owner["uid"], owner["controller"]) == ("TrainingJob", "u1", True)
 
 
+def pod_templates(rayjob: dict) -> dict[str, dict]:
+    """Every pod template of a RayJob by role: what KubeRay makes each of its pods from."""
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    return {
+        "head": cluster["headGroupSpec"]["template"],
+        "worker": cluster["workerGroupSpecs"][0]["template"],
+        "submitter": rayjob["spec"]["submitterPodTemplate"],
+    }
+
+
+def test_every_pod_runs_as_rays_non_root_user_without_a_kubernetes_token() -> None:
+    for role, template in pod_templates(render()).items():
+        pod = template["spec"]
+        assert pod["automountServiceAccountToken"] is False, role
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 100,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }, role
+        for container in pod["containers"]:
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            }, role
+        # The label the chart's NetworkPolicy admits to MLflow, and `kubectl get pods -l` finds.
+        assert template["metadata"]["labels"] == {"mlplane.dev/name": "churn"}, role
+
+
+def test_the_submitter_is_kuberays_default_pod_on_the_head_pool() -> None:
+    submitter = render()["spec"]["submitterPodTemplate"]["spec"]
+    assert submitter["restartPolicy"] == "Never"
+    assert submitter["nodeSelector"] == {"mlplane.dev/pool": "cpu"}
+    [container] = submitter["containers"]
+    # KubeRay fills in `ray job submit` for a container of this name that has no command.
+    assert container["name"] == "ray-job-submitter" and "command" not in container
+    assert container["image"] == "mlplane/runtime:0.1"
+    assert container["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+
+
 def test_kueue_gets_a_suspended_labelled_rayjob() -> None:
     rayjob = render(queue_name="team-a-gpus")
     assert rayjob["spec"]["suspend"] is True
@@ -294,3 +334,17 @@ def test_the_readme_operator_config_loads_and_names_the_ray_version(monkeypatch)
     assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] == "2.60.0"
     # Unset, it is the operator's own Ray: the one the mlplane image carries.
     assert OperatorConfig().ray_version == importlib.metadata.version("ray")
+
+
+def test_the_jobs_secrets_reach_the_driver_and_workers_by_envfrom_never_the_rayjob() -> None:
+    rayjob = render(secret_env=("s3-credentials", "mlflow-login"))
+    templates = pod_templates(rayjob)
+    for role in ("head", "worker"):
+        assert templates[role]["spec"]["containers"][0]["envFrom"] == [
+            {"secretRef": {"name": "s3-credentials"}},
+            {"secretRef": {"name": "mlflow-login"}},
+        ]
+    assert "envFrom" not in templates["submitter"]["spec"]["containers"][0]  # it only submits
+    assert json.loads(rayjob["spec"]["runtimeEnvYAML"]) == {"env_vars": {"A": "1"}}
+    without = pod_templates(render()).values()
+    assert all("envFrom" not in template["spec"]["containers"][0] for template in without)

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlplane.operator.metrics import OperatorMetrics, phases, seen
+from mlplane.operator.metrics import ObserveLag, OperatorMetrics, phases, seen
 
 
 def scrape(metrics: OperatorMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -39,7 +39,7 @@ def observe(metrics: OperatorMetrics, kind: str, uid: str, phase: str | None, **
 
 
 def test_phases_come_from_the_api() -> None:
-    assert phases("TrainingJob")[0] == "Pending" and "Cancelled" in phases("TuningSweep")
+    assert phases("TrainingJob")[0] == "Pending" and "Failed" in phases("TuningSweep")
     assert "RollingBack" in phases("ModelDeployment")
 
 
@@ -126,3 +126,10 @@ def test_transitions_count_only_changes() -> None:
     assert value(metrics, "mlplane_phase_transitions_total", **labels, phase="Starting") == 1
     assert value(metrics, "mlplane_phase_transitions_total", **labels, phase="Running") == 1
     assert value(metrics, "mlplane_phase_transitions_total", **labels, phase="Failed") == 0
+
+
+def test_observe_lag_is_reported_for_every_kind() -> None:
+    metrics = OperatorMetrics()
+    metrics.registry.register(ObserveLag(lambda: {"TrainingJob": 7.5}))
+    assert value(metrics, "mlplane_observe_lag_seconds", kind="TrainingJob") == 7.5
+    assert value(metrics, "mlplane_observe_lag_seconds", kind="ModelDeployment") == 0.0

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from mlplane.crds.gpuquota import GPUQuota, GPUQuotaSpec
 from mlplane.operator.admission import Work
 from mlplane.operator.config import NodePool, OperatorConfig
-from mlplane.operator.quota import GpuLedger, Limits, config_limits
+from mlplane.operator.quota import GpuLedger, Limits, config_limits, quota_status
 
 NODE_POOLS = Path(__file__).parents[2] / "operator" / "cluster" / "nodepools.yaml"
 
@@ -206,3 +207,87 @@ def test_node_pools_load_from_the_local_cluster_format() -> None:
     ]
     cpu = config.pool("cpu")
     assert (cpu.gpus_per_node, cpu.tolerations) == (0, [])
+
+
+def test_a_namespaces_gpu_quota_takes_the_place_of_the_configured_one() -> None:
+    config = OperatorConfig(
+        node_pools=[NodePool(name="a100", gpus_per_node=8, nodes=3)],
+        gpu_quotas={"team-a": {"a100": 16}, "team-b": {"a100": 16}},
+    )
+    quotas = {"team-a": {"a100": 8}}
+    limits = config_limits(config, lambda ns: None, gpu_quotas=quotas.get)
+    assert limits.namespace_pool_quota("team-a", "a100") == 8
+    assert limits.namespace_pool_quota("team-a", "h100") == 0  # not listed: none of that pool
+    assert limits.namespace_pool_quota("team-b", "a100") == 16  # no GPUQuota: the configuration
+    gpus = GpuLedger(limits)
+    assert gpus.admit(job(1, gpus=8)).admitted
+    assert not gpus.admit(job(2, gpus=8)).admitted
+    quotas["team-a"] = {"a100": 16}  # the platform team edits the GPUQuota
+    assert gpus.admit(job(2, gpus=8)).admitted
+    unlisted = Work(uid="h", namespace="team-a", name="h", pool="h100", gpus=1, created="z")
+    assert gpus.admit(unlisted).message == (
+        "needs 1 h100 GPUs; team-a's GPUQuota gives it no h100 GPUs; position 1"
+    )
+
+
+def test_a_gpu_quotas_status_shows_what_its_namespace_holds_and_who_waits() -> None:
+    gpus = ledger(team_quota=8)
+    for n in (1, 2, 3, 4):
+        gpus.admit(job(n))
+    gpus.admit(job(5, namespace="team-b"))
+    quota = GPUQuota.model_validate(
+        {
+            "metadata": {"name": "gpus", "namespace": "team-a", "generation": 3},
+            "spec": {"pools": [{"name": "a100", "gpus": 8}, {"name": "h100", "gpus": 2}]},
+        }
+    )
+    status = quota_status(quota, gpus)
+    assert status.summary == "a100 8/8, h100 0/2"
+    assert [(p.name, p.limit, p.used, p.queued) for p in status.pools] == [
+        ("a100", 8, 8, 8),
+        ("h100", 2, 0, 0),
+    ]
+    assert status.waiting == 2
+    assert [(w.name, w.position) for w in status.queued] == [("j3", 1), ("j4", 2)]
+    assert status.observed_generation == 3
+
+
+def test_a_pool_is_listed_once_in_a_gpu_quota() -> None:
+    with pytest.raises(ValueError, match="pool 'a100' is listed more than once"):
+        GPUQuotaSpec.model_validate({"pools": [{"name": "a100", "gpus": 8}] * 2})
+
+
+def test_work_that_asks_more_than_its_quota_waits_without_holding_up_the_line() -> None:
+    gpus = ledger(team_quota=8)
+    huge = gpus.admit(job(1, gpus=12))
+    assert (huge.admitted, huge.reason) == (False, "ExceedsQuota")
+    assert huge.message == "needs 12 a100 GPUs; team-a may hold at most 8 a100 GPUs; position 1"
+    assert gpus.admit(job(2)).admitted  # created later, and it fits: it does not wait behind
+    later = gpus.admit(job(3, gpus=8))
+    assert (later.reason, later.queue.position) == ("WaitingForQuota", 2)
+
+
+def test_each_way_of_waiting_has_its_reason() -> None:
+    gpus = ledger(pool_gpus=8, team_quota=None)
+    assert gpus.admit(job(1, gpus=8, namespace="team-b")).admitted
+    full = gpus.admit(job(2, gpus=4, namespace="team-c"))
+    assert (full.reason, full.message) == (
+        "WaitingForCapacity",
+        "needs 4 a100 GPUs; pool a100 has 0 of 8 GPUs free; position 1",
+    )
+    gpus.release("u1")
+    # j3 would fit now, but j2 came first and takes the pool when its own step comes.
+    assert gpus.admit(job(3, gpus=8, namespace="team-c")).reason == "WaitingForCapacity"
+    beyond = gpus.admit(job(4, gpus=16, namespace="team-d"))
+    assert (beyond.reason, beyond.message) == (
+        "ExceedsPoolCapacity",
+        "needs 16 a100 GPUs; pool a100 has 8 GPUs in all",
+    )
+
+
+def test_work_that_fits_waits_behind_earlier_work_that_does_not() -> None:
+    gpus = ledger(team_quota=8)
+    assert gpus.admit(job(1)).admitted
+    assert gpus.admit(job(2, gpus=8)).reason == "WaitingForQuota"
+    behind = gpus.admit(job(3))
+    assert (behind.reason, behind.queue.position) == ("WaitingForEarlierWork", 2)

@@ -80,6 +80,34 @@ def test_one_worker_per_replica_on_the_replicas_pool() -> None:
 def test_fixed_replicas_need_no_autoscaler() -> None:
     cluster = render(application(replicas={"min": 2, "max": 2}))["spec"]["rayClusterConfig"]
     assert "enableInTreeAutoscaling" not in cluster
+    assert "autoscalerOptions" not in cluster
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert head["automountServiceAccountToken"] is False
+
+
+HARDENED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_serving_pods_run_non_root_and_only_the_autoscaler_holds_a_token() -> None:
+    cluster = render(application(replicas={"min": 1, "max": 3}))["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]
+    worker = cluster["workerGroupSpecs"][0]["template"]
+    for template in (head, worker):
+        pod = template["spec"]
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 100,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        assert pod["containers"][0]["securityContext"] == HARDENED_CONTAINER
+        assert template["metadata"]["labels"] == {"mlplane.dev/name": "churn"}
+    # Replica pods, where the model's code runs, get no Kubernetes credential. KubeRay's
+    # autoscaler, which it adds to the head, scales the workers through the Kubernetes API: the
+    # head keeps the token of the ServiceAccount KubeRay makes for it.
+    assert worker["spec"]["automountServiceAccountToken"] is False
+    assert head["spec"]["automountServiceAccountToken"] is True
+    assert cluster["autoscalerOptions"] == {"securityContext": HARDENED_CONTAINER}
 
 
 def served(app: dict, generation: int = 2, observed: int = 2, **status: object) -> dict:

@@ -590,3 +590,19 @@ def test_retain_policy_deletes_nothing() -> None:
     data = h.md.to_dict()
     data["metadata"]["annotations"] = {"mlplane.dev/deletion-policy": "retain"}
     h.reconciler.delete(ModelDeployment.model_validate(data))  # no AWS call scripted, none made
+
+
+def test_an_endpoint_url_the_operator_does_not_allow_is_refused_before_any_call() -> None:
+    """The operator sends signed requests, with the tenant's credentials, wherever the URL
+    points: an endpoint not in its sagemaker_endpoint_urls is never called, not even to delete."""
+    h = Harness(applied(endpointUrl="https://sagemaker.attacker.example"))
+    status = h.step().status  # the strict Stubber has no answers: any call would fail the test
+    assert status.phase == "Failed"
+    reason, message = h.cond("Ready")[1:]
+    assert reason == "InvalidSpec"
+    assert message.startswith(
+        "spec.sagemaker.endpointUrl: 'https://sagemaker.attacker.example' is not an endpoint this "
+        "operator may call (sagemaker_endpoint_urls: none)"
+    )
+    assert h.secrets_read == []
+    h.reconciler.delete(h.md)

@@ -1,6 +1,6 @@
 """The Serve application config: a pure rendering of the resource and its resolved models."""
 
-from mlplane.crds.modeldeployment import ModelDeployment
+from mlplane.crds.modeldeployment import DEFAULT_MAX_REQUEST_BYTES, ModelDeployment
 from mlplane.serving.config import (
     COLLECTOR_DEPLOYMENT,
     IMPORT_PATH,
@@ -36,6 +36,7 @@ def test_defaults_render_one_app_with_route_and_pinned_model() -> None:
         "canary": None,
         "maxBatchSize": 32,
         "batchWaitTimeoutS": 0.005,
+        "maxBodyBytes": DEFAULT_MAX_REQUEST_BYTES,
     }
     assert "runtime_env" not in app
     assert [d["name"] for d in app["deployments"]] == [SERVER_DEPLOYMENT, COLLECTOR_DEPLOYMENT]
@@ -86,6 +87,12 @@ def test_canary_is_an_init_arg_and_its_share_is_user_config() -> None:
     # Moving a step changes only user_config, which Serve applies without restarting replicas.
     assert at_10["args"] == at_50["args"]
     assert canary_percent(serve_application(deployment(), stable, None, 50)) == 0
+
+
+def test_the_request_body_limit_is_an_init_arg_of_the_replicas() -> None:
+    assert DEFAULT_MAX_REQUEST_BYTES == 4 * 1024 * 1024
+    app = serve_application(deployment(maxRequestBytes=65536), ModelRef("models:/churn/7", "7"))
+    assert app["args"]["maxBodyBytes"] == 65536
 
 
 def test_rendering_is_deterministic() -> None:

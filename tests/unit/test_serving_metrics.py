@@ -1,6 +1,13 @@
 """Per-second counts, merged across replicas, summarized over a trailing window."""
 
-from mlplane.serving.metrics import LATENCY_BOUNDS_MS, Counts, Recorder, Window, percentile
+from mlplane.serving.metrics import (
+    LATENCY_BOUNDS_MS,
+    Counts,
+    Recorder,
+    Window,
+    percentile,
+    summarize,
+)
 
 
 def test_percentiles_interpolate_within_buckets() -> None:
@@ -59,3 +66,18 @@ def test_models_reported_by_live_replicas_are_tallied() -> None:
     window.report_models("r2", {"stable": model}, now=10)
     window.report_models("gone", {"stable": {**model, "version": "0"}}, now=-100)
     assert window.summary(10, now=11)["models"] == {"stable": [{**model, "replicas": 2}]}
+
+
+def test_the_error_rate_counts_only_requests_the_model_was_asked_to_answer() -> None:
+    counts = Counts()
+    for _ in range(90):
+        counts.observe("rejected", 0.2)
+    for outcome in ("ok", "ok", "ok", "ok", "ok", "ok", "ok", "ok", "error", "error"):
+        counts.observe(outcome, 3)
+    summary = summarize(counts, 10)
+    assert (summary["requests"], summary["rejected"], summary["errors"]) == (100, 90, 2)
+    assert summary["errorRate"] == 0.2  # 2 of the 10 served, not 2 of 100
+    only_rejected = Counts()
+    only_rejected.observe("rejected", 0.2)
+    assert summarize(only_rejected, 1)["errorRate"] == 0.0
+    assert summarize(only_rejected, 1)["p99Ms"] is None  # a rejection has no model latency

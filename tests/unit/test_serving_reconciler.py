@@ -2,7 +2,8 @@
 
 The backend keeps the configs it is given and reports them DEPLOYING until the test settles them,
 as Serve does while replicas start; canary metrics are whatever the test says. The same
-reconciler runs against real Ray Serve in tests/integration/test_serving_serve.py.
+reconciler, driven by the same `Story`, runs against real Ray Serve in
+tests/integration/test_serving_serve.py.
 """
 
 from dataclasses import dataclass, field
@@ -10,12 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from serving_support import Story
 
 from mlplane.crds.modeldeployment import ModelDeployment
 from mlplane.operator.backends.serve import AppState, same_config
 from mlplane.operator.modeldeployment import ModelDeploymentReconciler, ModelNotFound
-from mlplane.operator.status import condition
 from mlplane.serving.config import ModelRef, canary_percent
+from mlplane.serving.metrics import Counts, summarize
 
 NAME = "ns.churn"
 PINNED = {"models:/churn@prod": "1", "models:/churn/1": "1", "models:/churn/2": "2"}
@@ -90,38 +92,21 @@ class Clock:
         self.at += timedelta(seconds=seconds)
 
 
-@dataclass
-class Harness:
+@dataclass(kw_only=True)
+class Harness(Story):
+    """The reconciler's story against the in-memory Serve, on a clock the test moves."""
+
     serve: InMemoryServe
     clock: Clock
     jobs: dict[str, str]
-    reconciler: ModelDeploymentReconciler
-    md: ModelDeployment
-    events: list[tuple[str, str, str]] = field(default_factory=list)
-
-    def step(self) -> ModelDeployment:
-        result = self.reconciler.reconcile(self.md)
-        self.events += [(e.type, e.reason, e.message) for e in result.events]
-        self.md = self.md.model_copy(update={"status": result.status})
-        return self.md
 
     def settle_and_step(self) -> ModelDeployment:
         self.serve.settle()
         return self.step()
 
-    def edit(self, **spec: Any) -> None:
-        data = self.md.to_dict()
-        data["spec"].update(spec)
-        data["metadata"]["generation"] += 1
-        self.md = ModelDeployment.model_validate(data)
-
     @property
     def app(self) -> dict[str, Any]:
         return self.serve.apps[NAME]
-
-    def reason(self, type_: str = "Progressing") -> str:
-        found = condition(self.md.status.conditions, type_)
-        return f"{found.status}/{found.reason}: {found.message}" if found else ""
 
 
 def make(model: dict[str, Any], **spec: Any) -> ModelDeployment:
@@ -144,7 +129,13 @@ def h() -> Harness:
         min_canary_requests=10,
         clock=clock,
     )
-    return Harness(serve, clock, jobs, reconciler, make({"uri": "models:/churn@prod"}))
+    return Harness(
+        reconciler=reconciler,
+        md=make({"uri": "models:/churn@prod"}),
+        serve=serve,
+        clock=clock,
+        jobs=jobs,
+    )
 
 
 def healthy(requests: int = 20) -> dict[str, Any]:
@@ -321,6 +312,42 @@ def test_latency_breach_rolls_back(h: Harness) -> None:
     md = h.step()
     assert md.status.phase == "RollingBack"
     assert "p99 latency 120.0ms > maxLatencyP99Ms 50ms" in h.reason()
+
+
+def figures(**outcomes: int) -> dict[str, Any]:
+    """A role's figures as a replica's collector reports them, from counted outcomes."""
+    counts = Counts()
+    for outcome, times in outcomes.items():
+        for _ in range(times):
+            counts.observe(outcome, 0.3 if outcome == "rejected" else 4.0)
+    return summarize(counts, 30)
+
+
+def test_a_canary_receiving_only_client_errors_is_not_rolled_back(h: Harness) -> None:
+    canary(h, maxLatencyP99Ms=50)
+    h.serve.roles = {"canary": figures(rejected=500)}
+    h.step()
+    h.settle_and_step()
+    h.clock.advance(31)
+    md = h.step()
+    assert md.status.canary.outcome == "InProgress" and md.status.phase == "Progressing"
+    assert canary_percent(h.app) == 10  # not judged healthy on client errors either
+    assert "0 of 10 requests needed to judge the guard (client errors do not count)" in h.reason()
+    h.serve.roles = {"canary": figures(rejected=500, ok=20)}
+    h.step()
+    assert canary_percent(h.app) == 50
+    assert not [e for e in h.events if e[0] == "Warning"]
+
+
+def test_client_errors_do_not_hide_a_failing_canary(h: Harness) -> None:
+    canary(h)
+    h.serve.roles = {"canary": figures(rejected=990, ok=8, error=2)}
+    h.step()
+    h.settle_and_step()
+    h.clock.advance(5)
+    md = h.step()
+    assert md.status.canary.outcome == "RolledBack"
+    assert "error rate 20.0% > maxErrorRate 5.0% (2 of 10 requests failed" in h.reason()
 
 
 def test_canary_that_cannot_load_rolls_back(h: Harness) -> None:

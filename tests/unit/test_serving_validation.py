@@ -61,7 +61,8 @@ def test_missing_and_unknown_features_are_named() -> None:
         ("age", True, r"feature 'age' must be an integer, got bool"),
         ("age", 2**70, r"feature 'age' is out of range for a long"),
         ("income", "lots", r"feature 'income' must be a number, got str 'lots'"),
-        ("income", float("inf"), r"feature 'income' must be finite"),
+        ("income", float("inf"), r"feature 'income' is out of range for a double: float inf"),
+        ("income", 10**400, r"feature 'income' is out of range for a double: int 1000"),
         ("income", None, r"feature 'income' is null but the model requires a value"),
         ("income", float("nan"), r"feature 'income' is NaN but the model requires a value"),
         ("member", 1, r"feature 'member' must be true or false, got int 1"),
@@ -70,6 +71,27 @@ def test_missing_and_unknown_features_are_named() -> None:
 )
 def test_wrong_types_and_missing_values_name_the_feature(feature, value, match) -> None:
     rejected([{**ROW, feature: value}], match)
+
+
+def test_a_float_column_refuses_what_overflows_a_float32() -> None:
+    narrow = [Feature("ratio", "float")]
+    assert to_frame([{"ratio": 3.0e38}], narrow)["ratio"].tolist() == [pytest.approx(3.0e38)]
+    with pytest.raises(RequestError, match=r"'ratio' is out of range for a float: float 1e\+39"):
+        to_frame([{"ratio": 1e39}], narrow)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (float("inf"), r"row 1: feature 'x' is out of range for a 64-bit float: inf"),
+        ([1.0, [2.0, float("-inf")]], r"feature 'x' is out of range for a 64-bit float: -inf"),
+        ({"nested": 2**64}, r"feature 'x' is out of range for a 64-bit integer: int 1844"),
+    ],
+)
+def test_without_a_signature_numbers_must_fit_64_bits(value: object, match: str) -> None:
+    assert to_frame([{"x": 2**63 - 1}, {"x": [1.5, -(2**63)]}], None)["x"].tolist()[0] == 2**63 - 1
+    with pytest.raises(RequestError, match=match):
+        to_frame([{"x": 1}, {"x": value}], None)
 
 
 def test_the_failing_row_is_named_in_a_batch() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 import numpy as np
@@ -12,6 +11,7 @@ import xgboost
 from ray.train import WorkerGroupError
 
 from mlplane.crds.trainingjob import ResourceRequest, Split, TrainingJobSpec
+from mlplane.operator.lifecycle import pack
 from mlplane.training.__main__ import decode
 from mlplane.training.datasets import split_table
 from mlplane.training.evaluation import (
@@ -98,7 +98,7 @@ def test_gates_verdicts_name_every_failing_gate() -> None:
     assert evaluate_gates({"r2": "> 0"}, test) == "failed: r2 not measured"
 
 
-def test_context_and_spec_travel_as_base64url_json() -> None:
+def test_context_and_spec_travel_as_base64url_compressed_json() -> None:
     context = {
         "namespace": "team-a",
         "name": "churn",
@@ -108,7 +108,7 @@ def test_context_and_spec_travel_as_base64url_json() -> None:
         "storagePath": "/data/checkpoints",
         "experiment": "churn",
     }
-    encoded = base64.urlsafe_b64encode(json.dumps(context).encode()).decode().rstrip("=")
+    encoded = pack(context).rstrip("=")
     parsed = RunContext.from_wire(decode(encoded))
     assert (parsed.attempt, parsed.storage_path, parsed.experiment) == (
         2,

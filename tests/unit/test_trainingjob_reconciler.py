@@ -5,6 +5,8 @@ transition (retry, deadline, duplicate submission after a restart) can be forced
 on a SQLite file. The same reconciler runs against real Ray in tests/e2e.
 """
 
+import json
+import shlex
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,15 +15,17 @@ from pathlib import Path
 import pytest
 from inmemory import InMemoryJobs
 from mlflow import MlflowClient
+from wide_tables import feature_names
 
 from mlplane.crds.trainingjob import TrainingJob
 from mlplane.operator.admission import AdmitAll, Decision, Work
 from mlplane.operator.backends.base import JobState
-from mlplane.operator.config import NodePool, OperatorConfig
+from mlplane.operator.config import CodePolicy, NodePool, OperatorConfig
 from mlplane.operator.lifecycle import submission_id
 from mlplane.operator.status import condition
 from mlplane.operator.tracking import MetricsFeed, RunLookup, Tracking
 from mlplane.operator.trainingjob import TrainingJobReconciler
+from mlplane.training.__main__ import arguments, spec_and_context
 
 
 class QueueEverything(AdmitAll):
@@ -30,13 +34,18 @@ class QueueEverything(AdmitAll):
         return Decision(False, decision.queue.model_copy(update={"position": 1}), "no GPUs free")
 
 
+def make_reconciler(
+    tmp_path: Path, tracking: Tracking, backend: InMemoryJobs, local_code: bool = False
+) -> TrainingJobReconciler:
+    config = OperatorConfig(data_dir=tmp_path)
+    feed = MetricsFeed(tracking, max_age_seconds=0)
+    return TrainingJobReconciler(config, backend, tracking, feed, AdmitAll(), local_code)
+
+
 @pytest.fixture
 def parts(tmp_path: Path, tracking: Tracking, writer: MlflowClient, runner_opens):
     backend = InMemoryJobs()
-    config = OperatorConfig(data_dir=tmp_path)
-    reconciler = TrainingJobReconciler(
-        config, backend, tracking, MetricsFeed(tracking, max_age_seconds=0), AdmitAll()
-    )
+    reconciler = make_reconciler(tmp_path, tracking, backend)
     global UID
     UID = str(uuid.uuid4())
     return reconciler, backend, lambda job: runner_opens(reconciler, job)
@@ -70,7 +79,7 @@ def test_launch_submits_once_and_the_run_the_runner_makes_is_found(parts) -> Non
     assert condition(job.status.conditions, "Admitted").status == "True"
     assert job.status.attempts == 1
     assert [s.submission_id for s in backend.submissions] == [submission_id(UID, 1)]
-    assert "--spec-json" in backend.submissions[0].entrypoint
+    assert "--spec " in backend.submissions[0].entrypoint  # a small spec travels inline
     assert job.status.mlflow is None  # the runner makes the run as the attempt starts
 
     backend.jobs[job.status.ray.submission_id] = "RUNNING"
@@ -167,25 +176,81 @@ def test_a_child_the_backend_refuses_fails_at_once_without_a_retry(parts) -> Non
     assert len(backend.submissions) == 1
 
 
-def test_on_kuberay_custom_code_is_a_remote_archive_not_a_local_path(
-    tmp_path: Path, tracking: Tracking
-) -> None:
-    backend = InMemoryJobs(name="kuberay")
-    reconciler = TrainingJobReconciler(
-        OperatorConfig(data_dir=tmp_path),
-        backend,
-        tracking,
-        MetricsFeed(tracking, max_age_seconds=0),
-        AdmitAll(),
+def test_a_spec_over_a_mebibyte_reaches_the_runner_in_arguments_under_128_kib(parts) -> None:
+    reconciler, backend, _ = parts
+    dataset = {"uri": "s3://data/wide.parquet", "label": "target"}
+    job = step(reconciler, make_job(dataset={**dataset, "features": feature_names()}))
+    assert len(json.dumps(job.spec.to_dict())) > 2**20
+    assert job.status.phase == "Starting"
+    entrypoint = backend.submissions[0].entrypoint
+    # Ray runs the entrypoint as `sh -c ENTRYPOINT`: that one string is an argument too.
+    argv = shlex.split(entrypoint)
+    assert max(len(arg.encode()) for arg in [entrypoint, *argv]) < 128 * 1024
+    assert argv[:4] == ["python", "-m", "mlplane.training", "train"]
+    spec, context = spec_and_context(arguments(argv[3:]))
+    assert spec == job.spec.to_dict()
+    assert (context.uid, context.storage_path) == (
+        UID,
+        str(reconciler.config.data_dir / "checkpoints"),
     )
-    code = {"workingDir": "./my_code", "pyModules": ["s3://code/lib.zip", "file:///opt/lib"]}
+
+
+def test_a_runtime_env_too_big_for_ray_is_refused_naming_the_field(parts) -> None:
+    reconciler, backend, _ = parts
+    env_vars = {f"FEATURE_FLAG_{i}": "x" * 1000 for i in range(100)}
+    job = step(reconciler, make_job(runtimeEnv={"envVars": env_vars}))
+    failed = condition(job.status.conditions, "Failed")
+    assert (job.status.phase, failed.reason) == ("Failed", "InvalidSpec")
+    assert failed.message.startswith("spec.runtimeEnv: 99 KiB, over the 64 KiB")
+    assert failed.message.endswith("the largest part is spec.runtimeEnv.envVars")
+    assert backend.submissions == []
+
+
+@pytest.mark.parametrize("backend_name", ["ray", "kuberay"])
+def test_on_a_cluster_custom_code_is_a_remote_archive_not_a_local_path(
+    tmp_path: Path, tracking: Tracking, backend_name: str
+) -> None:
+    """An operator never ships a path from its own disk: with the embedded default its Ray node
+    is the operator's machine, `file://` included."""
+    backend = InMemoryJobs(name=backend_name)
+    reconciler = make_reconciler(tmp_path, tracking, backend)
+    code = {
+        "workingDir": "/var/run/secrets/kubernetes.io/serviceaccount",
+        "pyModules": [
+            "s3://code/lib.zip",
+            "file:///opt/lib",
+            "../../../../etc",
+            "gcs://_ray_pkg_0123456789abcdef.zip",
+        ],
+    }
     job = step(reconciler, make_job(runtimeEnv=code))
     failed = condition(job.status.conditions, "Failed")
     assert (job.status.phase, failed.reason) == ("Failed", "InvalidSpec")
-    assert failed.message.startswith("spec.runtimeEnv.workingDir: './my_code' is a path on")
-    assert "spec.runtimeEnv.pyModules: 'file:///opt/lib'" in failed.message
+    assert failed.message.startswith(
+        "spec.runtimeEnv.workingDir: '/var/run/secrets/kubernetes.io/serviceaccount' is a path "
+        "on the operator's machine, which it never ships to a job; name a remote .zip"
+    )
+    assert "`mlplane package`" in failed.message
+    assert "spec.runtimeEnv.pyModules[1]: 'file:///opt/lib' is a path" in failed.message
+    assert "spec.runtimeEnv.pyModules[2]: '../../../../etc' is a path" in failed.message
+    assert (
+        "spec.runtimeEnv.pyModules[3]: 'gcs://_ray_pkg_0123456789abcdef.zip' is a gcs:// URI, "
+        "which a job on a cluster may not fetch code from" in failed.message
+    )
     assert "s3://code/lib.zip" not in failed.message
     assert backend.submissions == []
+    assert job.status.queue is None  # refused before admission: it never held a GPU
+
+
+def test_mlplane_run_ships_local_code_from_the_users_machine(
+    tmp_path: Path, tracking: Tracking
+) -> None:
+    backend = InMemoryJobs()
+    reconciler = make_reconciler(tmp_path, tracking, backend, local_code=True)
+    job = step(reconciler, make_job(runtimeEnv={"workingDir": "examples/custom"}))
+    assert job.status.phase == "Starting"
+    working_dir = backend.submissions[0].runtime_env["working_dir"]
+    assert working_dir == str(Path("examples/custom").resolve())
 
 
 def test_error_from_logs_when_the_runner_could_not_tag(parts) -> None:
@@ -212,6 +277,16 @@ def test_delete_stops_once(parts) -> None:
     reconciler, backend, _ = parts
     job = step(reconciler, make_job())
     reconciler.delete(job)
+    reconciler.delete(job)
+    assert backend.stopped == [submission_id(UID, 1)]
+
+
+def test_a_delete_racing_the_submit_leaves_no_ray_job(parts) -> None:
+    """The step submitted, the delete came before its status was written: the delete sees
+    the resource as it was, and still stops the job the step started."""
+    reconciler, backend, _ = parts
+    job = make_job()
+    reconciler.reconcile(job)  # submitted; its status (Starting, attempt 1) never written
     reconciler.delete(job)
     assert backend.stopped == [submission_id(UID, 1)]
 
@@ -299,3 +374,81 @@ def test_one_mlflow_query_serves_many_jobs(tracking: Tracking, writer: MlflowCli
     second = [feed.get(ref) for ref in refs]
     assert feed.queries == 2
     assert [s.metrics["epoch"] for s in second] == [0, 1, 2, 3, 4]
+
+
+def test_a_job_whose_mlflow_run_is_missing_never_claims_its_gates_held(
+    tmp_path: Path, tracking: Tracking
+) -> None:
+    """MLflow is the record: a Ray job that ended without a run there (another MLflow, a run
+    deleted) is not Succeeded with GatesPassed "no gates set" while its gates were set."""
+    backend = InMemoryJobs()
+    reconciler = make_reconciler(tmp_path, tracking, backend)
+    job = make_job(gates={"roc_auc": ">= 0.9"}, tracking={"registerAs": "m"})
+    job.metadata.uid = "00000000-0000-4000-8000-00000000a11c"  # no runner ever opened a run
+    job = step(reconciler, job)
+    backend.jobs[job.status.ray.submission_id] = "SUCCEEDED"
+    job = step(reconciler, job)
+    failed = condition(job.status.conditions, "Failed")
+    assert (job.status.phase, failed.reason) == ("Failed", "RunNotFound")
+    assert f"no run tagged mlplane.uid={job.metadata.uid}" in failed.message
+    assert condition(job.status.conditions, "GatesPassed") is None
+    assert job.status.model is None
+
+
+def test_the_secrets_a_job_names_travel_by_name_only(parts) -> None:
+    reconciler, backend, _ = parts
+    env = {"envVars": {"A": "1"}, "envFrom": [{"secretRef": {"name": "s3-credentials"}}]}
+    step(reconciler, make_job(runtimeEnv=env))
+    launch = backend.submissions[-1]
+    assert launch.secret_env == ("s3-credentials",)
+    assert launch.runtime_env["env_vars"]["A"] == "1"
+    assert "s3-credentials" not in launch.entrypoint
+
+
+def policed(tmp_path: Path, tracking: Tracking, backend: InMemoryJobs) -> TrainingJobReconciler:
+    """An operator whose platform team lets team-* run only its own modules, installing from
+    its own index, and other namespaces install nothing."""
+    config = OperatorConfig(
+        data_dir=tmp_path,
+        code_policies=[
+            CodePolicy(
+                namespaces="team-*",
+                entrypoint_modules=["team_a_models"],
+                pip_index_url="https://pypi.team-a.example/simple",
+            ),
+            CodePolicy(pip=False),
+        ],
+    )
+    feed = MetricsFeed(tracking, max_age_seconds=0)
+    return TrainingJobReconciler(config, backend, tracking, feed, AdmitAll())
+
+
+def test_a_namespaces_code_policy_limits_its_entrypoints_and_packages(
+    tmp_path: Path, tracking: Tracking
+) -> None:
+    backend = InMemoryJobs()
+    reconciler = policed(tmp_path, tracking, backend)
+    code = {"workingDir": "s3://code/team-a.zip", "pip": ["lightgbm==4.6.0"]}
+    refused = step(reconciler, make_job(model={"entrypoint": "os:system"}, runtimeEnv=code))
+    failed = condition(refused.status.conditions, "Failed")
+    assert (refused.status.phase, failed.reason) == ("Failed", "InvalidSpec")
+    assert failed.message == (
+        "spec.model.entrypoint: module 'os' is not one namespace 'team-a' may run "
+        "(code_policies: team_a_models)"
+    )
+    assert backend.submissions == []
+
+    ok = make_job(model={"entrypoint": "team_a_models.churn:train"}, runtimeEnv=code)
+    ok.metadata.uid = "00000000-0000-4000-8000-0000000c0de5"
+    assert step(reconciler, ok).status.phase == "Starting"
+    assert backend.submissions[-1].runtime_env["pip"] == {
+        "packages": ["lightgbm==4.6.0"],
+        "pip_install_options": ["--index-url", "https://pypi.team-a.example/simple"],
+    }
+
+    elsewhere = make_job(runtimeEnv={"pip": ["lightgbm==4.6.0"]})
+    elsewhere.metadata.namespace = "research"
+    failed = condition(step(reconciler, elsewhere).status.conditions, "Failed")
+    assert failed.message.startswith(
+        "spec.runtimeEnv.pip: namespace 'research' may not install packages"
+    )

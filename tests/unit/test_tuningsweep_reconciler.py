@@ -9,6 +9,7 @@ import yaml
 from inmemory import InMemoryJobs
 from mlflow import MlflowClient
 
+from mlplane.crds.trainingjob import RuntimeEnv
 from mlplane.crds.tuningsweep import TuningSweep
 from mlplane.operator.admission import AdmitAll
 from mlplane.operator.config import OperatorConfig
@@ -52,6 +53,19 @@ def test_launch_runs_the_tune_command_with_parallel_workers(parts) -> None:
     assert launch.entrypoint.startswith("python -m mlplane.training tune ")
     assert launch.resources.workers == 2  # 1 worker per trial, 2 trials at once
     assert reconciler.gpus(sweep) == ("default", 0)
+
+
+def test_a_local_path_in_the_template_is_refused_naming_its_field(parts) -> None:
+    reconciler, backend, _ = parts
+    sweep = make_sweep()
+    sweep.spec.template.runtime_env = RuntimeEnv(py_modules=["../../../../etc"])
+    sweep = step(reconciler, sweep)
+    failed = condition(sweep.status.conditions, "Failed")
+    assert (sweep.status.phase, failed.reason) == ("Failed", "InvalidSpec")
+    assert failed.message.startswith(
+        "spec.template.runtimeEnv.pyModules[0]: '../../../../etc' is a path on the operator's"
+    )
+    assert backend.submissions == []
 
 
 def test_trial_counts_best_trial_and_promotion(parts, runner_opens) -> None:

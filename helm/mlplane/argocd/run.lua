@@ -4,8 +4,6 @@ local function judge(phase)
     return {status = "Healthy", message = message_of("Complete", "Succeeded")}
   elseif phase == "Failed" then
     return {status = "Degraded", message = message_of("Failed", "Failed")}
-  elseif phase == "Cancelled" then
-    return {status = "Degraded", message = "Cancelled"}
   elseif phase == "Queued" then
     -- Waiting for GPU quota: nothing is wrong, and nothing moves until capacity frees up.
     return {status = "Suspended", message = message_of("Admitted", "Queued for GPUs")}
