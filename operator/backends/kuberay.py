@@ -2,9 +2,10 @@
 
 `render_rayjob` is a pure function (spec in, dict out) so what lands on the cluster is unit-tested
 without one; `KubeRayBackend` only creates, reads and deletes the objects it renders. The RayJob of
-an attempt is found again by name (`<resource>-a<attempt>`, readable in `kubectl get rayjobs`), and
-its `mlplane.dev/submission-id` label tells it apart from a same-named RayJob a deleted resource
-left behind.
+an attempt is found again by name (`<resource>-a<attempt>`, readable in `kubectl get rayjobs`, or
+the stand-in `kuberay_name` makes where KubeRay would refuse that), and its
+`mlplane.dev/submission-id` label tells it apart from a same-named RayJob a deleted resource left
+behind.
 
 KubeRay reports a RayJob that cannot start as `Initializing` for as long as it cannot start. The
 reason sits in the RayCluster conditions it copies into `status.rayClusterStatus` (a pod the
@@ -15,6 +16,7 @@ pods: the resource says why instead of waiting silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -83,9 +85,31 @@ def placements(config: OperatorConfig) -> Callable[[str | None], Placement]:
     return placement
 
 
+KUBERAY_NAME_MAX = 47
+"""The longest RayJob or RayService name KubeRay takes: it names a RayCluster after it with six
+characters more, and that cluster's Services (`<cluster>-head-svc`) must stay DNS labels."""
+
+
+def kuberay_name(name: str, suffix: str = "") -> str:
+    """`name + suffix` if KubeRay takes it (a DNS-1035 label: a letter first, at most 47
+    characters); otherwise a stand-in still recognisably `name`'s: an `r` before a leading digit,
+    the name cut to fit, and six hex characters of its hash so that no two names share one.
+
+    Kubernetes names may start with a digit and run to 63 characters; KubeRay refuses such a
+    RayJob or RayService outright. With this, every name mlplane accepts runs on KubeRay as it
+    does on a local Ray."""
+    wanted = name + suffix
+    if len(wanted) <= KUBERAY_NAME_MAX and wanted[:1].isalpha():
+        return wanted
+    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    lead = "" if name[:1].isalpha() else "r"
+    room = KUBERAY_NAME_MAX - len(lead) - len(digest) - len(suffix) - 1
+    return f"{lead}{name[:room].rstrip('-')}-{digest}{suffix}"
+
+
 def rayjob_name(owner_name: str, attempt: int) -> str:
-    """Readable and unique per attempt; short enough for KubeRay's derived pod names."""
-    return f"{owner_name[:40]}-a{attempt}"
+    """Readable and unique per attempt, and one KubeRay takes."""
+    return kuberay_name(owner_name, f"-a{attempt}")
 
 
 def owner_reference(owner: Owner) -> dict[str, Any]:

@@ -8,10 +8,12 @@ the application's label selector names, between the autoscaling bounds. A canary
 `user_config`, so KubeRay applies it to the running cluster in place; a change of resources or pool
 changes `rayClusterConfig`, which KubeRay rolls out as a new cluster with no downtime.
 
-A RayService KubeRay refuses (a name too long for the objects it derives, a spec it cannot run)
-gets no status at all: KubeRay says why only in a Warning Event on it. Until KubeRay has acted on
-a RayService's generation, `state` reads those Events, so the deployment fails with KubeRay's
-reason and message instead of deploying forever.
+A RayService is named after its ModelDeployment, or the stand-in `kuberay_name` makes where
+KubeRay would refuse the name (one starting with a digit, or longer than 47 characters). A
+RayService KubeRay refuses all the same (a spec it cannot run) gets no status at all: KubeRay
+says why only in a Warning Event on it. Until KubeRay has acted on a RayService's generation,
+`state` reads those Events, so the deployment fails with KubeRay's reason and message instead of
+deploying forever.
 
 Serve's own figures (the live metrics on the status, the canary's guard) come from the
 application's HTTP route on KubeRay's `<name>-serve-svc` Service. An operator inside the cluster
@@ -47,6 +49,7 @@ from mlplane.operator.backends.kuberay import (
     Placement,
     cluster_problem,
     cluster_spec,
+    kuberay_name,
     owner_reference,
     unobserved,
     worker_group,
@@ -70,9 +73,15 @@ def serve_service(rayservice: str) -> str:
 
 
 def split_app_name(app: str) -> tuple[str, str]:
-    """`namespace.name` (mlplane.serving.config.app_name) → (namespace, name)."""
+    """`namespace.name` (mlplane.serving.config.app_name) → (namespace, ModelDeployment name)."""
     namespace, name = app.split(".", 1)
     return namespace, name
+
+
+def rayservice_of(app: str) -> tuple[str, str]:
+    """`namespace.name` (mlplane.serving.config.app_name) → its RayService's (namespace, name)."""
+    namespace, deployment = split_app_name(app)
+    return namespace, kuberay_name(deployment)
 
 
 def _cpu_quantity(cpus: float) -> str:
@@ -125,14 +134,14 @@ def render_rayservice(
     application: dict[str, Any], owner: Owner, placement: Placement
 ) -> dict[str, Any]:
     """The RayService for `application`, owned by its ModelDeployment."""
-    namespace, name = split_app_name(application["name"])
+    namespace, deployment = split_app_name(application["name"])
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": "RayService",
         "metadata": {
-            "name": name,
+            "name": kuberay_name(deployment),
             "namespace": namespace,
-            "labels": {NAME_LABEL: name},
+            "labels": {NAME_LABEL: deployment},
             "ownerReferences": [owner_reference(owner)],
         },
         "spec": rayservice_spec(application, placement),
@@ -231,13 +240,14 @@ class RayServiceBackend:
         self.timeout = timeout_seconds
         self.through_api_server = through_api_server
         self.session = requests.Session()
-        # route prefix → (namespace, name): learnt from every application read or written.
+        # route prefix → its RayService's (namespace, name): learnt from every application read
+        # or written.
         self._routes: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
     def _remember(self, application: dict[str, Any]) -> None:
         with self._lock:
-            self._routes[application["route_prefix"]] = split_app_name(application["name"])
+            self._routes[application["route_prefix"]] = rayservice_of(application["name"])
 
     def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -257,11 +267,12 @@ class RayServiceBackend:
 
     def apply(self, application: dict[str, Any]) -> bool:
         self._remember(application)
-        namespace, name = split_app_name(application["name"])
+        namespace, deployment = split_app_name(application["name"])
+        name = kuberay_name(deployment)
         placement = self.placement_for(pool_of(application))
         current = self._get(namespace, name)
         if current is None:
-            body = render_rayservice(application, self._owner(namespace, name), placement)
+            body = render_rayservice(application, self._owner(namespace, deployment), placement)
             self.objects.create_namespaced_custom_object(
                 RAY_GROUP, RAY_VERSION, namespace, "rayservices", body
             )
@@ -278,7 +289,7 @@ class RayServiceBackend:
         return True
 
     def state(self, name: str) -> AppState:
-        rayservice = self._get(*split_app_name(name))
+        rayservice = self._get(*rayservice_of(name))
         application = deployed_application(rayservice) if rayservice else None
         if application:
             self._remember(application)
@@ -335,10 +346,10 @@ class RayServiceBackend:
         return json.loads(body) if response.status == 200 else None
 
     def remove(self, name: str) -> None:
-        namespace, short = split_app_name(name)
+        namespace, rayservice = rayservice_of(name)
         try:
             self.objects.delete_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, namespace, "rayservices", short
+                RAY_GROUP, RAY_VERSION, namespace, "rayservices", rayservice
             )
         except ApiException as error:
             if error.status != 404:

@@ -35,6 +35,7 @@ from service_fixtures import MotoServer
 from mlplane.crds import KINDS
 from mlplane.crds.base import RUN_UID_TAG
 from mlplane.operator import embedded
+from mlplane.operator.backends.kuberay import kuberay_name, rayjob_name
 from mlplane.training.tracking import experiment_id
 from tests.e2e.conftest import GROUP, VERSION, OperatorProcess, Resources
 
@@ -220,7 +221,7 @@ def kuberay_reached(resources: Resources, job: str, deployment: str) -> dict[str
     return wait_for(
         lambda: (
             found
-            if (found := rayjob(resources, f"{job}-a1"))
+            if (found := rayjob(resources, rayjob_name(job, 1)))
             .get("status", {})
             .get("jobDeploymentStatus")
             == deployment
@@ -252,14 +253,14 @@ def ray_job_reports(
     elif job_status == "FAILED":
         status |= {"jobDeploymentStatus": "Failed", "reason": "AppFailed"}
     client.CustomObjectsApi(k8s_api).patch_namespaced_custom_object_status(
-        "ray.io", "v1", resources.namespace, "rayjobs", f"{job}-a1", {"status": status}
+        "ray.io", "v1", resources.namespace, "rayjobs", rayjob_name(job, 1), {"status": status}
     )
 
 
 def runner_recorded(resources: Resources, mlflow_uri: str, job: str) -> None:
     """What the runner inside the Ray job writes first, and kwok's pods cannot run: the MLflow
     run of the RayJob's owner, tagged with its UID, which the operator reads when the job ends."""
-    owner = rayjob(resources, f"{job}-a1")["metadata"]["ownerReferences"][0]
+    owner = rayjob(resources, rayjob_name(job, 1))["metadata"]["ownerReferences"][0]
     name = owner["name"]
     obj = resources.get(KINDS[owner["kind"]].plural, name)
     spec = obj["spec"].get("template", obj["spec"])
@@ -377,11 +378,37 @@ def test_gpu_job_runs_through_kuberays_states_on_a100_nodes(
 
 
 def test_a_rayjob_kuberay_refuses_fails_the_job_with_kuberays_message(
-    namespaces: Callable[[str], Resources],
+    namespaces: Callable[[str], Resources], k8s_api: client.ApiClient
 ) -> None:
     team = namespaces(f"kuberay-refused-{SUFFIX}")
-    # A valid TrainingJob name, but KubeRay wants RayJob names that start with a letter.
+    # Valid Kubernetes names KubeRay would refuse for a RayJob (a digit first; over 47
+    # characters) run under a stand-in name KubeRay takes.
+    long_name = "churn-" + "x" * 57
     team.apply(training_job("7day-churn"))
+    team.apply(training_job(long_name))
+    for name in ("7day-churn", long_name):
+        wait_for(
+            lambda name=name: (
+                rayjob(team, rayjob_name(name, 1)).get("status", {}).get("jobDeploymentStatus")
+                in ("Initializing", "Running")
+            ),
+            KUBERAY_TIMEOUT,
+            every=0.2,
+        )
+        assert status(team, name)["phase"] in ("Starting", "Running")
+    assert rayjobs(team) == sorted(kuberay_name(n, "-a1") for n in ("7day-churn", long_name))
+
+    # mlplane renders nothing else KubeRay's validation refuses, so the test makes a RayJob
+    # it does: a `Waiting` deployment status outside interactive mode, which KubeRay's
+    # ValidateRayJobStatus turns into ValidationFailed with its own message.
+    client.CustomObjectsApi(k8s_api).patch_namespaced_custom_object_status(
+        "ray.io",
+        "v1",
+        team.namespace,
+        "rayjobs",
+        rayjob_name("7day-churn", 1),
+        {"status": {"jobDeploymentStatus": "Waiting"}},
+    )
     refused = kuberay_reached(team, "7day-churn", "ValidationFailed")
     seen = time.monotonic()
     failed = wait_for(phase_is(team, "7day-churn", "Failed"), 15, every=0.05)
@@ -390,8 +417,8 @@ def test_a_rayjob_kuberay_refuses_fails_the_job_with_kuberays_message(
     reason = conditions(failed)["Failed"]
     assert reason["reason"] == "ValidationFailed"
     assert refused["status"]["message"] in reason["message"]
-    assert "DNS1035" in reason["message"]
-    assert failed["attempts"] == 1  # a retry of the same spec is refused the same way
+    assert "JobDeploymentStatus cannot be `Waiting`" in reason["message"]
+    assert failed["attempts"] == 1  # a refusal is not retried
 
     # A name the operator itself refuses never reaches KubeRay, and deleting it is not blocked.
     team.apply(training_job("churn.v2"))
@@ -399,7 +426,7 @@ def test_a_rayjob_kuberay_refuses_fails_the_job_with_kuberays_message(
     assert (invalid["reason"], invalid["message"][:14]) == ("InvalidSpec", "metadata.name:")
     team.delete("trainingjobs", "churn.v2")
     wait_for(lambda: "churn.v2" not in trainingjobs(team), 10)
-    assert rayjobs(team) == ["7day-churn-a1"]
+    assert len(rayjobs(team)) == 2
 
 
 def test_packaged_code_reaches_ray_as_its_s3_archive(
@@ -520,10 +547,10 @@ def test_a_model_deployment_is_a_rayservice_kuberay_runs_or_refuses(
     # Autoscaled: KubeRay adds its autoscaler to the head pod.
     team.apply(model_deployment("churn", replicas={"min": 1, "max": 2}))
 
-    def pending_cluster() -> str | None:
+    def pending_cluster(rayservice: str) -> str | None:
         try:
             found = team.objects.get_namespaced_custom_object(
-                "ray.io", "v1", team.namespace, "rayservices", "churn"
+                "ray.io", "v1", team.namespace, "rayservices", rayservice
             )
         except ApiException as error:
             if error.status == 404:
@@ -532,7 +559,7 @@ def test_a_model_deployment_is_a_rayservice_kuberay_runs_or_refuses(
         return (found.get("status") or {}).get("pendingServiceStatus", {}).get("rayClusterName")
 
     # KubeRay accepts it and makes its cluster: the replica's pod binds to a t4 node.
-    cluster = wait_for(pending_cluster, KUBERAY_TIMEOUT, every=0.2)
+    cluster = wait_for(lambda: pending_cluster("churn"), KUBERAY_TIMEOUT, every=0.2)
     pods = {
         pod.metadata.labels["ray.io/node-type"]: pod
         for pod in pods_of(k8s_api, team.namespace, cluster)
@@ -548,10 +575,25 @@ def test_a_model_deployment_is_a_rayservice_kuberay_runs_or_refuses(
     assert "autoscaler" in [c.name for c in pods["head"].spec.containers]
     assert team.get("modeldeployments", "churn")["status"]["phase"] == "Deploying"
 
-    # 50 characters: a valid Kubernetes name, but KubeRay derives longer ones from it and
-    # refuses the RayService, saying so only in an Event.
+    # 50 characters: a valid Kubernetes name, too long for KubeRay's RayService; it runs under a
+    # stand-in name KubeRay takes.
     long_name = "churn-" + "x" * 44
     team.apply(model_deployment(long_name))
+    rayservice = kuberay_name(long_name)
+    wait_for(lambda: pending_cluster(rayservice), KUBERAY_TIMEOUT, every=0.2)
+    assert team.get("modeldeployments", long_name)["status"]["phase"] == "Deploying"
+
+    # A RayService edited by hand into one KubeRay refuses (it names the head Service KubeRay
+    # names itself): KubeRay says why only in an Event, and the deployment fails with it.
+    head_service = {"headGroupSpec": {"headService": {"metadata": {"name": "mine"}}}}
+    team.objects.patch_namespaced_custom_object(
+        "ray.io",
+        "v1",
+        team.namespace,
+        "rayservices",
+        rayservice,
+        {"spec": {"rayClusterConfig": head_service}},
+    )
 
     def failed() -> dict[str, Any]:
         found = team.get("modeldeployments", long_name).get("status", {})
@@ -559,8 +601,8 @@ def test_a_model_deployment_is_a_rayservice_kuberay_runs_or_refuses(
 
     ready = conditions(wait_for(failed, 30))["Ready"]
     assert ready["status"] == "False"
-    assert "InvalidRayServiceMetadata" in ready["message"]
-    assert "no more than 47 characters" in ready["message"]
+    assert "InvalidRayServiceSpec" in ready["message"]
+    assert "headService.metadata.name should not be set" in ready["message"]
 
 
 def test_quota_queues_the_third_job_and_admits_it_when_one_finishes(

@@ -2,6 +2,7 @@
 
 import importlib.metadata
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from mlplane.operator.backends.kuberay import (
     KubeRayBackend,
     Placement,
     job_state,
+    kuberay_name,
     placements,
     pod_problem,
     render_rayjob,
@@ -45,6 +47,30 @@ def launch(**extra) -> Launch:
         active_deadline_seconds=3600,
         **extra,
     )
+
+
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+"""What KubeRay asks of a RayJob's or RayService's name (besides its 47 characters)."""
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["churn", "7day-churn", "churn-" + "x" * 57, "0" * 63, "churn-" + "x" * 37 + "-y"],
+)
+def test_every_kubernetes_name_becomes_one_kuberay_takes(name: str) -> None:
+    for suffix in ("", "-a1", "-a12"):
+        stand_in = kuberay_name(name, suffix)
+        assert DNS_1035_LABEL.match(stand_in) and len(stand_in) <= 47, stand_in
+        assert stand_in.endswith(suffix)
+        assert stand_in.lstrip("r").startswith(name[:20])  # still readable as the resource's
+
+
+def test_names_kuberay_takes_are_kept_and_stand_ins_never_collide() -> None:
+    assert kuberay_name("churn", "-a2") == "churn-a2"
+    assert kuberay_name("x" * 44, "-a1") == "x" * 44 + "-a1"
+    cut = ["churn-" + "x" * 50 + tail for tail in ("a", "b")]
+    assert kuberay_name(cut[0], "-a1") != kuberay_name(cut[1], "-a1")
+    assert kuberay_name("7day-churn") != kuberay_name("r7day-churn")
 
 
 def render(**extra) -> dict:

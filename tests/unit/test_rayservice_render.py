@@ -5,7 +5,7 @@ import yaml
 
 from mlplane.crds.modeldeployment import ModelDeployment
 from mlplane.operator.backends.base import Owner
-from mlplane.operator.backends.kuberay import RAY_POOL_LABEL, Placement
+from mlplane.operator.backends.kuberay import RAY_POOL_LABEL, Placement, kuberay_name
 from mlplane.operator.backends.rayservice import app_state, pool_of, render_rayservice
 from mlplane.operator.config import NodePool, OperatorConfig
 from mlplane.serving.config import ModelRef, serve_application
@@ -20,10 +20,10 @@ CPU = NodePool(name="cpu", node_selector={"mlplane.dev/pool": "cpu"})
 OWNER = Owner("mlplane.dev/v1alpha1", "ModelDeployment", "churn", "team-a", "u9")
 
 
-def application(**ray: object) -> dict:
+def application(name: str = "churn", **ray: object) -> dict:
     deployment = ModelDeployment.model_validate(
         {
-            "metadata": {"name": "churn", "namespace": "team-a"},
+            "metadata": {"name": name, "namespace": "team-a"},
             "spec": {"model": {"uri": "models:/churn@prod"}, "ray": ray},
         }
     )
@@ -45,6 +45,12 @@ def test_serve_config_is_the_ray_backends_application() -> None:
     assert (meta["namespace"], meta["name"]) == ("team-a", "churn")
     owner = meta["ownerReferences"][0]
     assert (owner["kind"], owner["uid"], owner["controller"]) == ("ModelDeployment", "u9", True)
+
+
+def test_a_name_kuberay_would_refuse_gets_a_stand_in_and_keeps_its_label() -> None:
+    meta = render(application("2026-churn"))["metadata"]
+    assert meta["name"] == kuberay_name("2026-churn") != "2026-churn"
+    assert meta["labels"] == {"mlplane.dev/name": "2026-churn"}
 
 
 def test_one_worker_per_replica_on_the_replicas_pool() -> None:
