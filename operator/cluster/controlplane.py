@@ -33,6 +33,9 @@ from mlplane.operator import embedded
 from mlplane.operator.cluster import nodepools, pki
 from mlplane.operator.cluster.build import KUBERAY, Parts, cache_root, ensure_parts, ensure_tool
 
+KWOK_IMAGE_PULL_STAGE = Path(__file__).with_name("kwok-image-pull.yaml")
+"""kwok's stand-in for a kubelet that cannot pull an image (a registry under `.invalid`)."""
+
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 # Order matters twice: started in this order, stopped in reverse (KubeRay first, etcd last).
@@ -388,6 +391,7 @@ class ControlPlane:
         return [
             f"--kubeconfig={kubeconfig}",
             f"--config={stages}",
+            f"--config={KWOK_IMAGE_PULL_STAGE}",
             "--manage-all-nodes=false",
             "--manage-nodes-with-annotation-selector="
             f"{nodepools.KWOK_ANNOTATION}={nodepools.KWOK_ANNOTATION_VALUE}",

@@ -23,8 +23,12 @@ BEGIN = "<!-- rbac-table: generated from helm/mlplane by `make generate`; do not
 END = "<!-- end of rbac-table -->\n"
 
 KUBERAY = ["operator.backend=kuberay", "operator.checkpointStorage=s3://bucket/checkpoints"]
+DEFAULTS_OFF = ["operator.nodePoolStatus=false"]
+"""Settings on by default that grant rules, turned off in every rendering so that the table names
+the setting that grants their rules."""
 SETTINGS: list[tuple[str, list[str]]] = [
     ("always", []),
+    ("`operator.nodePoolStatus: true` (the default)", ["operator.nodePoolStatus=true"]),
     ("`operator.backend: kuberay`", KUBERAY),
     (
         "`operator.backend: kuberay` and `operator.kuberay.useKubernetesProxy: true`",
@@ -69,7 +73,7 @@ def rbac_table(helm: Path) -> str:
         ]
         seen: set[str] = set()
         for when, settings in SETTINGS:
-            for where, rule in _granted(helm, [*mode_settings, *settings]):
+            for where, rule in _granted(helm, [*DEFAULTS_OFF, *mode_settings, *settings]):
                 key = json.dumps([where, rule], sort_keys=True)
                 if key in seen:
                     continue

@@ -53,15 +53,11 @@ TEAM_A = f"kuberay-team-a-{SUFFIX}"
 RESTARTED = f"kuberay-restart-{SUFFIX}"
 
 
-@pytest.fixture(scope="module")
-def kuberay_operator(
-    k8s_api: client.ApiClient,
-    kubeconfig: Path,
-    crds: list[str],
-    mlflow_server: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[OperatorProcess]:
-    workdir = tmp_path_factory.mktemp("kuberay-operator")
+def start_kuberay_operator(
+    kubeconfig: Path, mlflow_server: str, workdir: Path, namespaces: str, **settings: Any
+) -> OperatorProcess:
+    """A kuberay-backend operator watching `namespaces`, healthy; `settings` add to or replace
+    its configuration."""
     config = {
         "backend": "kuberay",
         "mlflow_tracking_uri": mlflow_server,
@@ -71,7 +67,7 @@ def kuberay_operator(
         "gpu_quotas": {TEAM_A: {"a100": 8}, RESTARTED: {"a100": 8}},
         "ray_image": "mlplane/runtime:test",
         "checkpoint_storage": "s3://checkpoints/kuberay",  # named only: kwok pods run nothing
-    }
+    } | settings
     config_file = workdir / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     # The file alone configures it: a developer's MLPLANE_* variables would override it.
@@ -82,7 +78,7 @@ def kuberay_operator(
         workdir / "operator.log",
         args=(
             "operator",
-            *("--namespace", f"kuberay-*-{SUFFIX}"),
+            *("--namespace", namespaces),
             *("--config", str(config_file)),
             *("--liveness", health),
         ),
@@ -90,6 +86,19 @@ def kuberay_operator(
     )
     process.start()
     process.wait_healthy(STARTUP_TIMEOUT)
+    return process
+
+
+@pytest.fixture(scope="module")
+def kuberay_operator(
+    k8s_api: client.ApiClient,
+    kubeconfig: Path,
+    crds: list[str],
+    mlflow_server: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[OperatorProcess]:
+    workdir = tmp_path_factory.mktemp("kuberay-operator")
+    process = start_kuberay_operator(kubeconfig, mlflow_server, workdir, f"kuberay-*-{SUFFIX}")
     yield process
     process.stop()
 
@@ -97,18 +106,18 @@ def kuberay_operator(
 @pytest.fixture
 def namespaces(
     k8s_api: client.ApiClient, kuberay_operator: OperatorProcess
-) -> Iterator[Callable[[str], Resources]]:
-    """Namespaces the kuberay operator watches; runs are deleted (the operator releases their
-    finalizers) before the namespace goes. Each enforces the `restricted` Pod Security Standard,
-    as a platform team's tenant namespaces may: the API server refuses any pod KubeRay makes
-    from mlplane's templates that is not hardened."""
+) -> Iterator[Callable[..., Resources]]:
+    """Namespaces the kuberay operator (or the one given) watches; runs are deleted (the
+    operator releases their finalizers) before the namespace goes. Each enforces the
+    `restricted` Pod Security Standard, as a platform team's tenant namespaces may: the API
+    server refuses any pod KubeRay makes from mlplane's templates that is not hardened."""
     core = client.CoreV1Api(k8s_api)
     made: list[Resources] = []
 
-    def make(name: str) -> Resources:
+    def make(name: str, operator: OperatorProcess = kuberay_operator) -> Resources:
         labels = {"mlplane.dev/test": "true", "pod-security.kubernetes.io/enforce": "restricted"}
         core.create_namespace({"metadata": {"name": name, "labels": labels}})
-        made.append(Resources(k8s_api, name, kuberay_operator))
+        made.append(Resources(k8s_api, name, operator))
         return made[-1]
 
     yield make
@@ -870,6 +879,37 @@ def test_a_cluster_no_node_can_hold_says_so_within_an_interval(
     assert stuck["status"] == "False"
     assert "Insufficient cpu" in stuck["message"], stuck["message"]
     assert status(team, "huge")["phase"] == "Starting"
+
+
+def test_a_ray_image_no_node_can_pull_is_named_on_the_job(
+    namespaces: Callable[..., Resources], kubeconfig: Path, mlflow_server: str, tmp_path: Path
+) -> None:
+    """A platform team's typo in `ray_image`: KubeRay's pods wait in ErrImagePull (kwok plays the
+    kubelet, for a registry that does not resolve) and KubeRay's RayJob says only Initializing;
+    the job says why. Its own operator, as `ray_image` is the operator's setting."""
+    image = "registry.invalid/mlplane/runtime:typo"
+    # One operator on a cluster writes NodePool status: the module's.
+    settings = {"ray_image": image, "node_pool_status": False}
+    operator = start_kuberay_operator(
+        kubeconfig, mlflow_server, tmp_path, f"pull-{SUFFIX}", **settings
+    )
+    try:
+        team = namespaces(f"pull-{SUFFIX}", operator)
+        team.apply(training_job("typo"))
+
+        def cannot_pull() -> dict[str, Any]:
+            running = conditions(status(team, "typo")).get("Running", {})
+            return running if running.get("reason") == "ErrImagePull" else {}
+
+        stuck = wait_for(cannot_pull, KUBERAY_TIMEOUT)
+        assert stuck["status"] == "False"
+        assert image in stuck["message"] and "no such host" in stuck["message"], stuck["message"]
+        assert status(team, "typo")["phase"] == "Starting"
+        assert rayjob(team, "typo-a1")["status"]["jobDeploymentStatus"] == "Initializing"
+        team.delete("trainingjobs", "typo")  # while its operator runs to release it
+        wait_for(lambda: "typo" not in trainingjobs(team), 30)
+    finally:
+        operator.stop()
 
 
 def test_kuberay_ends_a_job_past_its_deadline(namespaces: Callable[[str], Resources]) -> None:

@@ -190,6 +190,23 @@ def test_two_gpu_pools_and_quotas_render_into_the_operator_config(
     )
 
 
+def test_a_second_release_on_the_cluster_leaves_nodepool_status_to_the_first(
+    helm: Path, tmp_path: Path
+) -> None:
+    def status_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rules = find(docs, "ClusterRole", "mlplane")["rules"]
+        return [r for r in rules if "nodepools/status" in r["resources"]]
+
+    default = render(helm)
+    assert operator_config(default, tmp_path).node_pool_status is True
+    assert status_rules(default) == [
+        {"apiGroups": ["mlplane.dev"], "resources": ["nodepools/status"], "verbs": ["patch"]}
+    ]
+    second = render(helm, "--set", "operator.nodePoolStatus=false")
+    assert operator_config(second, tmp_path).node_pool_status is False
+    assert status_rules(second) == []  # it may read NodePools, never write them
+
+
 def test_single_namespace_mode_grants_nothing_outside_the_watched_namespaces(helm: Path) -> None:
     docs = render(helm, "--set", "watchNamespaces={team-a,team-b}")
     args = container(docs)["args"]
