@@ -31,7 +31,8 @@ class Snapshot:
     quotas: list[dict[str, Any]]
     taken: datetime
     pools: list[dict[str, Any]] = field(default_factory=list)
-    """NodePools, when the reader may list them (a tenant may not: they are cluster-wide)."""
+    """NodePools, when the reader may list them (the chart lets every signed-in user, unless
+    rbac.nodePoolViewers says otherwise)."""
 
 
 @dataclass(frozen=True)

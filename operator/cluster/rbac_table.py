@@ -44,6 +44,8 @@ MODES: list[tuple[str, list[str]]] = [
 ]
 WHERE = {"ClusterRole": "ClusterRole", "Role": "Role in each watched namespace"}
 AGGREGATED = "rbac.authorization.k8s.io/aggregate-to-"
+TENANTS_ONLY = "-nodepool-viewer"
+"""The ClusterRole bound to rbac.nodePoolViewers: the tenants', not the operator's."""
 
 
 def _granted(helm: Path, settings: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -54,6 +56,8 @@ def _granted(helm: Path, settings: list[str]) -> list[tuple[str, dict[str, Any]]
         labels = doc["metadata"].get("labels", {}) if doc else {}
         if any(label.startswith(AGGREGATED) for label in labels):
             continue  # the tenants' rules, added to Kubernetes' own roles, not the operator's
+        if doc and doc["metadata"]["name"].endswith(TENANTS_ONLY):
+            continue
         if doc and doc["kind"] in WHERE:
             found += [(WHERE[doc["kind"]], rule) for rule in doc["rules"]]
     return found

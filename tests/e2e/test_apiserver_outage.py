@@ -49,6 +49,9 @@ INTERVAL = 1.0
 OUTAGE_SECONDS = 30
 SUFFIX = uuid.uuid4().hex[:6]
 NAMESPACE = f"outage-{SUFFIX}"
+KUBERAY_AFTER_OUTAGE = 180
+"""How long KubeRay's own operator may take to move a RayJob: its informers lost the API server
+too and relist with client-go's backoff (up to 30 s), on a machine the suite keeps busy."""
 JOBS = ("first", "second", "third")
 """Applied in this order; each asks 8 a100 GPUs, the namespace's whole quota."""
 
@@ -162,7 +165,7 @@ def ray_job_reports(jobs: Resources, name: str, job_status: str) -> None:
     """Write what the job's Ray job reports to KubeRay, once KubeRay runs its RayJob: RUNNING,
     or SUCCEEDED (KubeRay's deployment then Complete) after recording the MLflow run the
     runner makes first, which the operator reads when the job ends."""
-    kuberay_reached(jobs, name, "Running")
+    kuberay_reached(jobs, name, "Running", KUBERAY_AFTER_OUTAGE)
     found: dict[str, object] = {"jobStatus": job_status}
     if job_status == "SUCCEEDED":
         found["jobDeploymentStatus"] = "Complete"
@@ -185,7 +188,7 @@ def runs(jobs: Resources, name: str) -> None:
     KubeRay asks a Running RayJob's dashboard for the job's status on each reconcile; kwok pods
     serve none, so KubeRay writes the API server proxy's error over the test's report. A live
     dashboard would answer RUNNING every time: the report is repeated as it would be."""
-    kuberay_reached(jobs, name, "Running")
+    kuberay_reached(jobs, name, "Running", KUBERAY_AFTER_OUTAGE)
     deadline = time.monotonic() + 60  # a loaded machine: KubeRay reconciles slowly
     while not phase_is(jobs, name, "Running")() and time.monotonic() < deadline:
         ray_job_reports(jobs, name, "RUNNING")

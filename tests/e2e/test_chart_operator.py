@@ -169,9 +169,11 @@ def chart_operator(
             replica.process.process.terminate()
     for replica in operator.replicas:
         replica.process.stop()
+    # The release's cluster-wide RBAC: the operator's, the tenants' and the NodePool viewers'.
+    release_label = f"app.kubernetes.io/instance={release}"
     rbac = client.RbacAuthorizationV1Api(k8s_api)
-    rbac.delete_cluster_role(f"{release}-mlplane")
-    rbac.delete_cluster_role_binding(f"{release}-mlplane")
+    rbac.delete_collection_cluster_role(label_selector=release_label)
+    rbac.delete_collection_cluster_role_binding(label_selector=release_label)
     for name in (system, team):
         core.delete_namespace(name)
 

@@ -225,20 +225,20 @@ def rayjob(resources: Resources, name: str) -> dict[str, Any]:
     return wait_for(get, 30)
 
 
-def kuberay_reached(resources: Resources, job: str, deployment: str) -> dict[str, Any]:
-    """The attempt's RayJob once KubeRay itself has moved it to `deployment`."""
-    return wait_for(
-        lambda: (
-            found
-            if (found := rayjob(resources, rayjob_name(job, 1)))
-            .get("status", {})
-            .get("jobDeploymentStatus")
-            == deployment
-            else None
-        ),
-        KUBERAY_TIMEOUT,
-        every=0.2,
-    )
+def kuberay_reached(
+    resources: Resources, job: str, deployment: str, timeout: float = KUBERAY_TIMEOUT
+) -> dict[str, Any]:
+    """The attempt's RayJob once KubeRay itself has moved it to `deployment`; else fail with
+    the status KubeRay left on it."""
+    name = rayjob_name(job, 1)
+    deadline = time.monotonic() + timeout
+    found: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        found = rayjob(resources, name)
+        if found.get("status", {}).get("jobDeploymentStatus") == deployment:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"RayJob {name} not {deployment} in {timeout} s: {found.get('status')}")
 
 
 def ray_job_reports(

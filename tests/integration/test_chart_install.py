@@ -208,8 +208,11 @@ def test_gpu_pools_in_single_namespace_mode_apply_and_stay_in_their_namespaces(
             ]
             assert_access(api, allowed, denied)
     finally:
-        client.RbacAuthorizationV1Api(k8s_api).delete_cluster_role(f"{release}-mlplane")
-        client.RbacAuthorizationV1Api(k8s_api).delete_cluster_role_binding(f"{release}-mlplane")
+        # The release's cluster-wide RBAC: the operator's, the tenants' and the NodePool viewers'.
+        release_label = f"app.kubernetes.io/instance={release}"
+        rbac = client.RbacAuthorizationV1Api(k8s_api)
+        rbac.delete_collection_cluster_role(label_selector=release_label)
+        rbac.delete_collection_cluster_role_binding(label_selector=release_label)
         core.delete_namespace(team)
 
 
@@ -254,10 +257,19 @@ def test_a_tenant_with_edit_runs_work_and_only_reads_its_gpu_quota(
     default_install: None, k8s_api: client.ApiClient, kubeconfig: Path, tmp_path: Path
 ) -> None:
     """A team given Kubernetes' own `edit` role in its namespace, and nothing else: the chart's
-    aggregated rules let it run work and read its GPUQuota, not change the quota."""
+    aggregated rules let it run work and read its GPUQuota, not change the quota; the chart's
+    NodePool viewers (every signed-in user) let it read the NodePools, not change them."""
     team = f"team-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(k8s_api)
     core.create_namespace({"metadata": {"name": team}})
+    objects = client.CustomObjectsApi(k8s_api)
+    pool = {
+        "apiVersion": "mlplane.dev/v1alpha1",
+        "kind": "NodePool",
+        "metadata": {"name": f"pool-{team}"},
+        "spec": {"nodeSelector": {"mlplane.dev/pool": f"pool-{team}"}},
+    }
+    objects.create_cluster_custom_object("mlplane.dev", "v1alpha1", "nodepools", pool)
     try:
         core.create_namespaced_service_account(team, {"metadata": {"name": "alice"}})
         client.RbacAuthorizationV1Api(k8s_api).create_namespaced_role_binding(
@@ -283,6 +295,9 @@ def test_a_tenant_with_edit_runs_work_and_only_reads_its_gpu_quota(
         ]
         denied += [("patch", "gpuquotas/status", "mlplane.dev", team, "x")]
         denied += [("get", "gpuquotas", "mlplane.dev", "other-team")]
+        allowed += [(verb, "nodepools", "mlplane.dev") for verb in ("get", "list", "watch")]
+        denied += [(verb, "nodepools", "mlplane.dev") for verb in ("create", "patch", "delete")]
+        denied += [("patch", "nodepools/status", "mlplane.dev", None, "x")]
         with api_client(tenant) as api:
             # The aggregation controller adds the chart's rules to `edit` within seconds.
             deadline = time.monotonic() + 30
@@ -294,9 +309,12 @@ def test_a_tenant_with_edit_runs_work_and_only_reads_its_gpu_quota(
         as_tenant = {"env": os.environ | {"KUBECONFIG": str(tenant)}, "capture_output": True}
         own = subprocess.run([MLPLANE, "queue", "-n", team], text=True, **as_tenant)
         assert own.returncode == 0, own.stderr
-        assert own.stdout.splitlines()[0] == "Pools"
+        pools = own.stdout.split("GPU quotas")[0].splitlines()
+        assert pools[0] == "Pools"
+        assert any(line.split()[0] == f"pool-{team}" for line in pools[2:]), own.stdout
         every = subprocess.run([MLPLANE, "queue"], text=True, **as_tenant)
         assert every.returncode == 1
         assert every.stderr.startswith("mlplane queue: 403 Forbidden"), every.stderr
     finally:
+        objects.delete_cluster_custom_object("mlplane.dev", "v1alpha1", "nodepools", f"pool-{team}")
         core.delete_namespace(team)

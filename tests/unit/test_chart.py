@@ -113,6 +113,8 @@ def test_default_install_runs_one_locked_down_operator(helm: Path) -> None:
         "ClusterRole",
         "ClusterRole",
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "ClusterRoleBinding",
         "ConfigMap",
         "Deployment",
@@ -205,6 +207,22 @@ def test_a_second_release_on_the_cluster_leaves_nodepool_status_to_the_first(
     second = render(helm, "--set", "operator.nodePoolStatus=false")
     assert operator_config(second, tmp_path).node_pool_status is False
     assert status_rules(second) == []  # it may read NodePools, never write them
+
+
+def test_nodepools_are_readable_by_the_chosen_viewers_only(helm: Path) -> None:
+    binding = find(render(helm), "ClusterRoleBinding", "mlplane-nodepool-viewer")
+    assert binding["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}
+    ]
+    viewer = find(render(helm), "ClusterRole", "mlplane-nodepool-viewer")
+    read = ["get", "list", "watch"]
+    assert viewer["rules"] == [
+        {"apiGroups": ["mlplane.dev"], "resources": ["nodepools"], "verbs": read}
+    ]
+    nobody = render(helm, "--set-json", "rbac.nodePoolViewers=[]")
+    assert "mlplane-nodepool-viewer" not in [
+        d["metadata"]["name"] for d in nobody if d["kind"] == "ClusterRoleBinding"
+    ]
 
 
 def test_single_namespace_mode_grants_nothing_outside_the_watched_namespaces(helm: Path) -> None:
