@@ -45,10 +45,11 @@ from mlflow import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 from queue_admission import in_workdir, mlplane_api, start_operator
 
-from mlplane.crds.base import GROUP, RUN_UID_TAG, VERSION
+from mlplane.crds.base import GROUP, VERSION
 from mlplane.operator import embedded
 from mlplane.operator.cluster.build import cache_root
 from mlplane.operator.cluster.controlplane import ControlPlane
+from mlplane.training.tags import RUN_UID_TAG
 
 ADMITTED = {"Starting", "Running", "Succeeded"}
 

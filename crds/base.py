@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from kubernetes.utils import parse_quantity
@@ -248,6 +249,22 @@ class Resources(ApiModel):
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
+class ConditionType(StrEnum):
+    """The conditions mlplane sets. A run: Admitted, Running, then Complete or Failed, and
+    GatesPassed when its gates were checked. A deployment: Ready and Progressing, and on SageMaker
+    also Synced and Terminal, as the AWS controllers (ACK) set them."""
+
+    ADMITTED = "Admitted"
+    RUNNING = "Running"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+    GATES_PASSED = "GatesPassed"
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    SYNCED = "Synced"
+    TERMINAL = "Terminal"
+
+
 class Condition(ApiModel):
     """A kstatus condition, the shape of Kubernetes' own metav1.Condition."""
 
@@ -286,11 +303,6 @@ class Queue(ApiModel):
     """0 once admitted; otherwise 1 for next in line."""
     name: str | None = None
     """The Kueue LocalQueue, when Kueue admits the work."""
-
-
-RUN_UID_TAG = "mlplane.uid"
-"""The MLflow tag holding the UID of the resource a run is for: the runner sets it on the run it
-makes, and the operator finds the run by it."""
 
 
 class MlflowRef(ApiModel):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
-from mlplane.crds.base import RUN_UID_TAG, Queue, RayRef, RunStatus
+from mlplane.crds.base import ConditionStatus, ConditionType, Queue, RayRef, RunStatus
 from mlplane.crds.trainingjob import ResourceRequest, TrainingJobSpec
 from mlplane.operator.admission import Admission, Decision, Work
 from mlplane.operator.backends.base import AttemptRef, JobState, Launch, Owner, TrainingBackend
@@ -33,6 +33,7 @@ from mlplane.operator.code_package import is_local
 from mlplane.operator.config import OperatorConfig
 from mlplane.operator.status import TERMINAL_PHASES, Event, condition, now, set_condition
 from mlplane.operator.tracking import MetricsFeed, RunLookup, RunSnapshot, Tracking
+from mlplane.training.tags import ERROR_TAG, RUN_UID_TAG
 
 S = TypeVar("S", bound=RunStatus)
 UNRETRYABLE = frozenset({"DeadlineExceeded", "ValidationFailed"})
@@ -192,6 +193,28 @@ def largest_part(data: Any, path: str) -> str:
             break
         data, path = data[key], f"{path}.{key}"
     return path
+
+
+def gates_checked(step: Step[Any], verdict: str, passed: str, resource: Any) -> bool:
+    """GatesPassed as the runner's verdict says (`passed`, `none` or `failed: <why>`, the
+    GATES_TAG); False when a gate failed, so no model was registered. `passed` says what held."""
+    failed = verdict.startswith("failed")
+    state: ConditionStatus
+    if failed:
+        state, reason, message = "False", "GateFailed", verdict
+    elif verdict == "passed":
+        state, reason, message = "True", "GatesPassed", passed
+    else:
+        state, reason, message = "True", "NoGates", "no gates set"
+    step.status.conditions = set_condition(
+        step.status.conditions,
+        ConditionType.GATES_PASSED,
+        state,
+        reason,
+        message,
+        generation=resource.metadata.generation,
+    )
+    return not failed
 
 
 def last_error_line(logs: str) -> str:
@@ -445,18 +468,23 @@ class RunReconciler(ABC, Generic[S]):
         if not decision.admitted:
             reason, message = decision.reason, decision.message
             status.conditions = set_condition(
-                status.conditions, "Admitted", "False", reason, message, generation
+                status.conditions,
+                ConditionType.ADMITTED,
+                "False",
+                reason,
+                message,
+                generation=generation,
             )
             step.phase("Queued", reason, message)
             return
         reason = "HandedToKueue" if decision.queue.name else "Admitted"
         status.conditions = set_condition(
             status.conditions,
-            "Admitted",
+            ConditionType.ADMITTED,
             "Unknown" if decision.queue.name else "True",
             reason,
             decision.message,
-            generation,
+            generation=generation,
         )
         status.attempts = max(status.attempts, 1)
         status.start_time = status.start_time or now()
@@ -492,16 +520,16 @@ class RunReconciler(ABC, Generic[S]):
         status.queue = None
         status.ray = None
         message = f"attempt {status.attempts} was not submitted: {type(error).__name__}: {error}"
-        admitted = condition(status.conditions, "Admitted")
+        admitted = condition(status.conditions, ConditionType.ADMITTED)
         if not (admitted and admitted.reason == "SubmitFailed"):  # once, not every pass
             step.events.append(Event("Warning", "SubmitFailed", message))
         status.conditions = set_condition(
             status.conditions,
-            "Admitted",
+            ConditionType.ADMITTED,
             "False",
             "SubmitFailed",
             message,
-            resource.metadata.generation,
+            generation=resource.metadata.generation,
         )
         status.phase = "Pending"
 
@@ -530,7 +558,12 @@ class RunReconciler(ABC, Generic[S]):
             self._not_started(step, resource, state)
         elif state.status == "RUNNING":
             status.conditions = set_condition(
-                status.conditions, "Running", "True", "Running", f"attempt {status.attempts}"
+                status.conditions,
+                ConditionType.RUNNING,
+                "True",
+                "Running",
+                f"attempt {status.attempts}",
+                generation=resource.metadata.generation,
             )
             step.phase("Running", "Running", f"attempt {status.attempts} is running on Ray")
         elif state.status == "SUCCEEDED":
@@ -547,26 +580,46 @@ class RunReconciler(ABC, Generic[S]):
         if state.reason == "Suspended":
             message = f"waiting for Kueue LocalQueue {queue_name} to admit the RayJob"
             status.conditions = set_condition(
-                status.conditions, "Admitted", "Unknown", "HandedToKueue", message, generation
+                status.conditions,
+                ConditionType.ADMITTED,
+                "Unknown",
+                "HandedToKueue",
+                message,
+                generation=generation,
             )
             step.phase("Queued", "WaitingForKueue", message)
             return
-        admitted = condition(status.conditions, "Admitted")
+        admitted = condition(status.conditions, ConditionType.ADMITTED)
         if admitted and admitted.status == "Unknown":
             status.conditions = set_condition(
-                status.conditions, "Admitted", "True", "KueueAdmitted", "Kueue admitted the RayJob"
+                status.conditions,
+                ConditionType.ADMITTED,
+                "True",
+                "KueueAdmitted",
+                "Kueue admitted the RayJob",
+                generation=generation,
             )
             status.start_time = now()  # GPU time and the deadline count from Kueue's admission
-        running = condition(status.conditions, "Running")
+        running = condition(status.conditions, ConditionType.RUNNING)
         if state.reason:
             if not running or running.reason != state.reason:
                 step.events.append(Event("Warning", state.reason, state.message))
             status.conditions = set_condition(
-                status.conditions, "Running", "False", state.reason, state.message, generation
+                status.conditions,
+                ConditionType.RUNNING,
+                "False",
+                state.reason,
+                state.message,
+                generation=generation,
             )
         elif running and running.status == "False":
             status.conditions = set_condition(
-                status.conditions, "Running", "False", "Starting", state.message, generation
+                status.conditions,
+                ConditionType.RUNNING,
+                "False",
+                "Starting",
+                state.message,
+                generation=generation,
             )
         step.phase("Starting", "Starting", f"attempt {status.attempts}: {state.message}")
 
@@ -590,9 +643,16 @@ class RunReconciler(ABC, Generic[S]):
         status.completion_time = now()
         self._account_gpus(status, resource)
         generation = resource.metadata.generation
-        status.conditions = set_condition(status.conditions, "Running", "False", "Finished")
         status.conditions = set_condition(
-            status.conditions, "Complete", "True", "Succeeded", message, generation
+            status.conditions, ConditionType.RUNNING, "False", "Finished", generation=generation
+        )
+        status.conditions = set_condition(
+            status.conditions,
+            ConditionType.COMPLETE,
+            "True",
+            "Succeeded",
+            message,
+            generation=generation,
         )
         step.phase("Succeeded", "Succeeded", message)
         self._let_go(resource, status)
@@ -613,7 +673,7 @@ class RunReconciler(ABC, Generic[S]):
     ) -> None:
         status = step.status
         ref = self.attempt_ref(resource, status.attempts)
-        error = (run.tags.get("mlplane.error") if run else None) or last_error_line(
+        error = (run.tags.get(ERROR_TAG) if run else None) or last_error_line(
             self.backend.logs_tail(ref)
         )
         reason = error or state.message or f"Ray job {state.status.lower()}"
@@ -638,10 +698,13 @@ class RunReconciler(ABC, Generic[S]):
         status = step.status
         status.completion_time = now()
         self._account_gpus(status, resource)
-        if any(c.type == "Running" for c in status.conditions):
-            status.conditions = set_condition(status.conditions, "Running", "False", reason)
+        generation = resource.metadata.generation
+        if condition(status.conditions, ConditionType.RUNNING):
+            status.conditions = set_condition(
+                status.conditions, ConditionType.RUNNING, "False", reason, generation=generation
+            )
         status.conditions = set_condition(
-            status.conditions, "Failed", "True", reason, message, resource.metadata.generation
+            status.conditions, ConditionType.FAILED, "True", reason, message, generation=generation
         )
         step.phase("Failed", reason, message.splitlines()[0], warning=True)
         self._let_go(resource, status)

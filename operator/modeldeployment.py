@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from mlplane.crds.base import ConditionType
 from mlplane.crds.modeldeployment import (
     Canary,
     CanaryStatus,
@@ -307,7 +308,7 @@ class ModelDeploymentReconciler:
             )
         if current and current.outcome == "RolledBack" and same_canary:
             plan = self._rolling_back(deployment, stable, canary, state, previous_canary)
-            why = condition(status.conditions, "Progressing")
+            why = condition(status.conditions, ConditionType.PROGRESSING)
             if why and why.reason in ROLLBACK_REASONS:
                 plan.reason, plan.message = why.reason, why.message
             return plan
@@ -554,15 +555,20 @@ class ModelDeploymentReconciler:
         status = step.status
         generation = deployment.metadata.generation
         status.conditions = set_condition(
-            status.conditions, "Ready", "True" if ready else "False", reason, message, generation
+            status.conditions,
+            ConditionType.READY,
+            "True" if ready else "False",
+            reason,
+            message,
+            generation=generation,
         )
         status.conditions = set_condition(
             status.conditions,
-            "Progressing",
+            ConditionType.PROGRESSING,
             "True" if progressing else "False",
             progress_reason or reason,
             progress_message or message,
-            generation,
+            generation=generation,
         )
 
 

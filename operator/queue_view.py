@@ -16,7 +16,7 @@ from kubernetes import client
 from rich.console import Group
 from rich.table import Table
 
-from mlplane.crds.base import GROUP, VERSION
+from mlplane.crds.base import GROUP, VERSION, ConditionType
 from mlplane.operator.quota import HOLDING_PHASES
 
 RUN_PLURALS = {"TrainingJob": "trainingjobs", "TuningSweep": "tuningsweeps"}
@@ -78,7 +78,7 @@ def waiting(runs: Iterable[dict[str, Any]]) -> list[Waiting]:
         queue = status.get("queue") or {}
         if status.get("phase") != "Queued" or not queue.get("position"):
             continue
-        admitted = _condition(status, "Admitted")
+        admitted = _condition(status, ConditionType.ADMITTED)
         meta = run["metadata"]
         found.append(
             Waiting(
@@ -171,7 +171,7 @@ def _table(title: str, *columns: str) -> Table:
     return Table(*columns, title=title, title_justify="left", box=None, pad_edge=False)
 
 
-def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+def _condition(status: dict[str, Any], kind: ConditionType) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c.get("type") == kind), {})
 
 

@@ -44,6 +44,7 @@ from mlplane.operator.config import OperatorConfig
 from mlplane.operator.runtime import Runtime
 from mlplane.operator.status import TERMINAL_PHASES, Event
 from mlplane.operator.tracking import RunSnapshot
+from mlplane.training.tags import TRIAL_NUMBER_TAG, TRIAL_STATE_TAG
 
 POLL_SECONDS = 1.0
 
@@ -202,10 +203,10 @@ def trial_table(sweep: TuningSweep, trials: Iterable[RunSnapshot]) -> Group:
     table = Table(title=f"{sweep.metadata.name}: trials", title_justify="left")
     for column in ("#", "state", *params, metric, "epochs"):
         table.add_column(column, justify="right" if column != "state" else "left")
-    rows = sorted(trials, key=lambda t: int(t.tags.get("mlplane.trial_number", "0")))
+    rows = sorted(trials, key=lambda t: int(t.tags.get(TRIAL_NUMBER_TAG, "0")))
     for trial in rows:
-        number = trial.tags.get("mlplane.trial_number", "?")
-        state = trial.tags.get("mlplane.trial_state") or trial.status.lower()
+        number = trial.tags.get(TRIAL_NUMBER_TAG, "?")
+        state = trial.tags.get(TRIAL_STATE_TAG) or trial.status.lower()
         value = trial.metrics.get(metric)
         epochs = trial.metrics.get("epoch")
         table.add_row(

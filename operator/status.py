@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from mlplane.crds.base import Condition, ConditionStatus
+from mlplane.crds.base import Condition, ConditionStatus, ConditionType
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -17,13 +17,16 @@ def now() -> datetime:
 
 def set_condition(
     conditions: list[Condition],
-    type_: str,
+    type_: ConditionType,
     status: ConditionStatus,
     reason: str,
     message: str = "",
-    generation: int | None = None,
+    *,
+    generation: int | None,
 ) -> list[Condition]:
-    """Conditions with `type_` set; lastTransitionTime moves only when the status flips."""
+    """Conditions with `type_` set; lastTransitionTime moves only when the status flips. The
+    generation it was computed from is always said: kstatus readers (Argo CD, kubectl wait) take
+    a condition without it for one about the newest spec."""
     previous = next((c for c in conditions if c.type == type_), None)
     changed = previous is None or previous.status != status
     updated = Condition(
@@ -37,7 +40,7 @@ def set_condition(
     return [c for c in conditions if c.type != type_] + [updated]
 
 
-def condition(conditions: list[Condition], type_: str) -> Condition | None:
+def condition(conditions: list[Condition], type_: ConditionType) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
 
 
@@ -53,7 +56,9 @@ class Event:
 def invalid_spec_status(problems: list[str], generation: int | None) -> dict[str, object]:
     """The status patch for an object the API server took but mlplane cannot run."""
     message = "; ".join(problems)
-    failed = set_condition([], "Failed", "True", "InvalidSpec", message, generation)
+    failed = set_condition(
+        [], ConditionType.FAILED, "True", "InvalidSpec", message, generation=generation
+    )
     return {
         "phase": "Failed",
         "observedGeneration": generation,

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from mlplane.crds.base import RUN_UID_TAG, MlflowRef
+from mlplane.crds.base import MlflowRef, RegisteredModel
 from mlplane.operator.mlflow_rest import MlflowRest
+from mlplane.training.tags import MODEL_NAME_TAG, MODEL_URI_TAG, MODEL_VERSION_TAG, RUN_UID_TAG
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,18 @@ class RunSnapshot:
             {m["key"]: float(m["value"]) for m in data.get("metrics", [])},
             {t["key"]: t["value"] for t in data.get("tags", [])},
             {p["key"]: p["value"] for p in data.get("params", [])},
+        )
+
+    def registered_model(self, alias: str | None) -> RegisteredModel | None:
+        """The model version the run registered, if it did (its gates held)."""
+        version = self.tags.get(MODEL_VERSION_TAG)
+        if not version:
+            return None
+        return RegisteredModel(
+            name=self.tags.get(MODEL_NAME_TAG),
+            version=version,
+            alias=alias,
+            uri=self.tags.get(MODEL_URI_TAG),
         )
 
 

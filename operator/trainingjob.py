@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from mlplane.crds.base import Progress, RegisteredModel, RunStatus
+from mlplane.crds.base import Progress, RunStatus
 from mlplane.crds.trainingjob import TrainingJob, TrainingJobSpec, TrainingJobStatus
-from mlplane.operator.lifecycle import RunReconciler, Step, resource_problems
-from mlplane.operator.status import Event, now, set_condition
+from mlplane.operator.lifecycle import RunReconciler, Step, gates_checked, resource_problems
+from mlplane.operator.status import Event, now
 from mlplane.operator.tracking import RunSnapshot
+from mlplane.training.tags import (
+    EPOCHS_PLANNED_TAG,
+    GATES_TAG,
+)
 
 # The test metric shown by `kubectl get tj`: the first one present wins.
 KEY_METRICS = ("test_roc_auc", "test_accuracy", "test_r2", "test_rmse")
@@ -54,7 +58,7 @@ class TrainingJobReconciler(RunReconciler[TrainingJobStatus]):
     def mirror(self, status: TrainingJobStatus, run: RunSnapshot) -> None:
         status.metrics = {k: round(v, 6) for k, v in sorted(run.metrics.items())}
         status.key_metric = key_metric(run.metrics) or status.key_metric
-        planned = int(run.tags.get("mlplane.epochs_planned", "0") or 0)
+        planned = int(run.tags.get(EPOCHS_PLANNED_TAG, "0") or 0)
         done = int(run.metrics.get("epoch", 0))
         if planned or done:
             status.progress = Progress(
@@ -65,31 +69,11 @@ class TrainingJobReconciler(RunReconciler[TrainingJobStatus]):
         self, step: Step[TrainingJobStatus], job: TrainingJob, run: RunSnapshot | None
     ) -> str:
         status = step.status
-        tags = run.tags if run else {}
-        gates = tags.get("mlplane.gates", "none")
-        generation = job.metadata.generation
-        if gates.startswith("failed"):
-            status.conditions = set_condition(
-                status.conditions, "GatesPassed", "False", "GateFailed", gates, generation
-            )
+        gates = run.tags.get(GATES_TAG, "none") if run else "none"
+        if not gates_checked(step, gates, "every gate held on the test split", job):
             step.events.append(Event("Warning", "GateFailed", f"model not registered: {gates}"))
-        else:
-            passed = gates == "passed"
-            status.conditions = set_condition(
-                status.conditions,
-                "GatesPassed",
-                "True",
-                "GatesPassed" if passed else "NoGates",
-                "every gate held on the test split" if passed else "no gates set",
-                generation,
-            )
-        if tags.get("mlplane.model_version"):
-            status.model = RegisteredModel(
-                name=tags.get("mlplane.model_name"),
-                version=tags.get("mlplane.model_version"),
-                alias=job.spec.tracking.alias,
-                uri=tags.get("mlplane.model_uri"),
-            )
+        if run and (model := run.registered_model(job.spec.tracking.alias)):
+            status.model = model
         parts = [status.key_metric or "finished"]
         if status.model and status.model.uri:
             parts.append(f"registered {status.model.uri}")

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import json
 
-from mlplane.crds.base import Progress, RegisteredModel
+from mlplane.crds.base import Progress
 from mlplane.crds.trainingjob import ResourceRequest, TrainingJobSpec
 from mlplane.crds.tuningsweep import BestTrial, TrialCounts, TuningSweep, TuningSweepStatus
-from mlplane.operator.lifecycle import RunReconciler, Step, resource_problems
-from mlplane.operator.status import Event, set_condition
+from mlplane.operator.lifecycle import RunReconciler, Step, gates_checked, resource_problems
+from mlplane.operator.status import Event
 from mlplane.operator.tracking import RunSnapshot
 from mlplane.operator.trainingjob import eta_seconds
+from mlplane.training.tags import (
+    BEST_TRIAL_TAG,
+    ERROR_TAG,
+    GATES_TAG,
+    TRIALS_PLANNED_TAG,
+)
 
 # An interrupted sweep (Ray restarted, the job vanished) resumes from Tune's saved state this
 # many times; a sweep that failed on its own terms (too many failed trials) is not retried.
@@ -59,13 +65,13 @@ class TuningSweepReconciler(RunReconciler[TuningSweepStatus]):
         return INTERRUPTION_RETRIES
 
     def retryable(self, run: RunSnapshot | None) -> bool:
-        return not (run and run.tags.get("mlplane.error"))
+        return not (run and run.tags.get(ERROR_TAG))
 
     def mirror(self, status: TuningSweepStatus, run: RunSnapshot) -> None:
         counts = {state: int(run.metrics.get(f"trials_{state}", 0)) for state in TRIAL_STATES}
         status.trials = TrialCounts(**counts)
         status.metrics = {k: round(v, 6) for k, v in sorted(run.metrics.items())}
-        best = run.tags.get("mlplane.best_trial")
+        best = run.tags.get(BEST_TRIAL_TAG)
         if best:
             status.best_trial = BestTrial.model_validate(json.loads(best))
         best_metric = next((k for k in sorted(run.metrics) if k.startswith("best_")), None)
@@ -73,7 +79,7 @@ class TuningSweepReconciler(RunReconciler[TuningSweepStatus]):
             status.key_metric = (
                 f"{best_metric.removeprefix('best_')}={run.metrics[best_metric]:.4f}"
             )
-        planned = int(run.tags.get("mlplane.trials_planned", "0") or 0)
+        planned = int(run.tags.get(TRIALS_PLANNED_TAG, "0") or 0)
         finished = counts["completed"] + counts["failed"] + counts["pruned"]
         if planned:
             eta = eta_seconds(status, finished, planned)
@@ -83,25 +89,12 @@ class TuningSweepReconciler(RunReconciler[TuningSweepStatus]):
         self, step: Step[TuningSweepStatus], sweep: TuningSweep, run: RunSnapshot | None
     ) -> str:
         status = step.status
-        tags = run.tags if run else {}
-        gates = tags.get("mlplane.gates", "none")
+        gates = run.tags.get(GATES_TAG, "none") if run else "none"
         promotion = sweep.spec.promote_best
-        if promotion and gates.startswith("failed"):
-            status.conditions = set_condition(
-                status.conditions, "GatesPassed", "False", "GateFailed", gates
-            )
+        if promotion and not gates_checked(step, gates, "the best trial passed", sweep):
             step.events.append(Event("Warning", "GateFailed", f"best trial not promoted: {gates}"))
-        elif promotion:
-            status.conditions = set_condition(
-                status.conditions, "GatesPassed", "True", "GatesPassed", "the best trial passed"
-            )
-        if tags.get("mlplane.model_version"):
-            status.model = RegisteredModel(
-                name=tags.get("mlplane.model_name"),
-                version=tags.get("mlplane.model_version"),
-                alias=promotion.alias if promotion else None,
-                uri=tags.get("mlplane.model_uri"),
-            )
+        if run and (model := run.registered_model(promotion.alias if promotion else None)):
+            status.model = model
         trials = status.trials or TrialCounts()
         parts = [
             f"{trials.completed} completed, {trials.pruned} pruned, {trials.failed} failed",

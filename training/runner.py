@@ -35,7 +35,7 @@ from ray.train import (
     WorkerGroupError,
 )
 
-from mlplane.crds.base import RUN_UID_TAG, ApiModel, Resources, quantity_value
+from mlplane.crds.base import ApiModel, Resources, quantity_value
 from mlplane.crds.trainingjob import ResourceRequest, TrainingJobSpec
 from mlplane.training.checkpoints import load_checkpoint_model
 from mlplane.training.datasets import (
@@ -50,10 +50,25 @@ from mlplane.training.epoch_logging import EpochLogger
 from mlplane.training.evaluation import evaluate_gates, held_out_metrics, overfit_gap
 from mlplane.training.packaging import TabularModel, log_model
 from mlplane.training.preprocessing import Prepared, prepare
-from mlplane.training.tracking import ERROR_TAG, open_run, params_of
+from mlplane.training.tags import (
+    ATTEMPT_TAG,
+    DATASET_HASH_TAG,
+    DATASET_URI_TAG,
+    EPOCHS_PLANNED_TAG,
+    ERROR_TAG,
+    GATES_TAG,
+    KIND_TAG,
+    MODEL_NAME_TAG,
+    MODEL_URI_TAG,
+    MODEL_VERSION_TAG,
+    NAME_TAG,
+    NAMESPACE_TAG,
+    RUN_UID_TAG,
+    SPEC_HASH_TAG,
+    VERSION_TAG,
+)
+from mlplane.training.tracking import open_run, params_of
 from mlplane.training.worker import BUILT_IN_LOOPS, PreparedData, planned_epochs, resolve, run_loop
-
-MODEL_VERSION_TAG = "mlplane.model_version"
 
 
 @dataclass(frozen=True)
@@ -139,11 +154,11 @@ def load_training_data(spec: TrainingJobSpec) -> TrainingData:
 def _train(spec: TrainingJobSpec, context: RunContext, client: MlflowClient, run_id: str) -> None:
     mlflow.set_tags(
         lineage_tags("TrainingJob", spec_hash(spec), context, spec)
-        | {"mlplane.epochs_planned": str(planned_epochs(spec.framework, spec.hyperparameters))}
+        | {EPOCHS_PLANNED_TAG: str(planned_epochs(spec.framework, spec.hyperparameters))}
     )
     resolve(entrypoint(spec))  # a bad entrypoint fails here, before any worker starts
     data = load_training_data(spec)
-    mlflow.set_tag("mlplane.dataset_hash", data.dataset_hash)
+    mlflow.set_tag(DATASET_HASH_TAG, data.dataset_hash)
     mlflow.log_params(training_params(spec, data.prepared.data.task))
 
     ray.init()
@@ -195,7 +210,7 @@ def evaluate_and_publish(
         metrics["overfit_gap"] = gap
     mlflow.log_metrics(metrics, step=int(epoch_metrics.get("epoch", 0)))
     gates = evaluate_gates(spec.gates, metrics)
-    mlflow.set_tag("mlplane.gates", gates)
+    mlflow.set_tag(GATES_TAG, gates)
 
     active = mlflow.active_run()
     if active and MODEL_VERSION_TAG in client.get_run(active.info.run_id).data.tags:
@@ -208,9 +223,9 @@ def evaluate_and_publish(
             client.set_registered_model_alias(name, spec.tracking.alias, version)
         mlflow.set_tags(
             {
-                "mlplane.model_name": name,
+                MODEL_NAME_TAG: name,
                 MODEL_VERSION_TAG: str(version),
-                "mlplane.model_uri": f"models:/{name}/{version}",
+                MODEL_URI_TAG: f"models:/{name}/{version}",
             }
         )
 
@@ -310,13 +325,13 @@ def lineage_tags(
     return {
         **training.tracking.tags,
         RUN_UID_TAG: context.uid,
-        "mlplane.kind": kind,
-        "mlplane.namespace": context.namespace,
-        "mlplane.name": context.name,
-        "mlplane.attempt": str(context.attempt),
-        "mlplane.version": version,
-        "mlplane.spec_hash": spec_sha,
-        "mlplane.dataset_uri": training.dataset.uri,
+        KIND_TAG: kind,
+        NAMESPACE_TAG: context.namespace,
+        NAME_TAG: context.name,
+        ATTEMPT_TAG: str(context.attempt),
+        VERSION_TAG: version,
+        SPEC_HASH_TAG: spec_sha,
+        DATASET_URI_TAG: training.dataset.uri,
     }
 
 

@@ -13,9 +13,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlplane.crds.base import RUN_UID_TAG
-
-ERROR_TAG = "mlplane.error"
+from mlplane.training.tags import ERROR_TAG, RUN_UID_TAG
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

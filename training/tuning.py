@@ -56,14 +56,21 @@ from mlplane.training.runner import (
     training_params,
     worker_resources,
 )
-from mlplane.training.tracking import ERROR_TAG, experiment_id, params_of
+from mlplane.training.tags import (
+    BEST_TRIAL_TAG,
+    DATASET_HASH_TAG,
+    ERROR_TAG,
+    KIND_TAG,
+    TRIAL_ID_TAG,
+    TRIAL_NUMBER_TAG,
+    TRIAL_STATE_TAG,
+    TRIALS_PLANNED_TAG,
+)
+from mlplane.training.tracking import experiment_id, params_of
 from mlplane.training.worker import EPOCH_HYPERPARAMETER, PreparedData, call_loop, planned_epochs
 
 PRUNED_KEY = "mlplane_pruned"
 """Set on the result at which ASHA stopped a trial; kept in Tune's state, so it survives restore."""
-TRIAL_ID_TAG = "mlplane.trial_id"
-TRIAL_STATE_TAG = "mlplane.trial_state"
-BEST_TRIAL_TAG = "mlplane.best_trial"
 # The parent run's live counts are written at most this often (and on every trial state change).
 PUBLISH_INTERVAL_SECONDS = 1.0
 
@@ -389,8 +396,8 @@ class SweepTracker(tune.Callback, tune.Stopper):
                 tags={
                     "mlflow.parentRunId": self.parent_run_id,
                     TRIAL_ID_TAG: trial.trial_id,
-                    "mlplane.trial_number": str(number),
-                    "mlplane.kind": "TuningSweepTrial",
+                    TRIAL_NUMBER_TAG: str(number),
+                    KIND_TAG: "TuningSweepTrial",
                 },
             )
             run_id = run.info.run_id
@@ -543,10 +550,10 @@ def _tune(spec: TuningSweepSpec, context: RunContext, client: MlflowClient, run_
     template = spec.template
     mlflow.set_tags(
         lineage_tags("TuningSweep", spec_hash(spec), context, template)
-        | {"mlplane.trials_planned": str(planned_trials(spec))}
+        | {TRIALS_PLANNED_TAG: str(planned_trials(spec))}
     )
     data = load_training_data(template)
-    mlflow.set_tag("mlplane.dataset_hash", data.dataset_hash)
+    mlflow.set_tag(DATASET_HASH_TAG, data.dataset_hash)
     mlflow.log_params(_sweep_params(spec, data))
 
     # Tune saves the experiment's state this often: what a restarted attempt resumes from.

@@ -35,6 +35,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mlplane.crds.base import ConditionType
 from mlplane.crds.modeldeployment import (
     Endpoint,
     ModelDeployment,
@@ -62,7 +63,7 @@ from mlplane.operator.modeldeployment import (
     Phase,
     Step,
 )
-from mlplane.operator.status import Event, now, set_condition
+from mlplane.operator.status import Event, condition, now, set_condition
 from mlplane.serving.config import ModelRef
 
 log = logging.getLogger(__name__)
@@ -436,17 +437,22 @@ class SageMakerEndpoints:
         ready_reason = "Serving" if verdict.ready else verdict.reason
         ready_message = f"serving at {status.url}" if verdict.ready else verdict.message
         for type_, value, reason, message in (
-            ("Ready", verdict.ready, ready_reason, ready_message),
-            ("Progressing", verdict.progressing, verdict.reason, verdict.message),
-            ("Synced", verdict.synced, verdict.reason, verdict.message),
-            ("Terminal", True, verdict.reason, verdict.message),
+            (ConditionType.READY, verdict.ready, ready_reason, ready_message),
+            (ConditionType.PROGRESSING, verdict.progressing, verdict.reason, verdict.message),
+            (ConditionType.SYNCED, verdict.synced, verdict.reason, verdict.message),
+            (ConditionType.TERMINAL, True, verdict.reason, verdict.message),
         ):
-            if type_ == "Terminal" and not verdict.terminal:
+            if type_ == ConditionType.TERMINAL and not verdict.terminal:
                 # As in ACK: present only while an error waits for a person.
-                status.conditions = [c for c in status.conditions if c.type != "Terminal"]
+                status.conditions = [c for c in status.conditions if c.type != type_]
                 continue
             status.conditions = set_condition(
-                status.conditions, type_, "True" if value else "False", reason, message, generation
+                status.conditions,
+                type_,
+                "True" if value else "False",
+                reason,
+                message,
+                generation=generation,
             )
 
     def _blocked(
@@ -473,7 +479,7 @@ class SageMakerEndpoints:
     def _backing_off(self, deployment: ModelDeployment, step: Step) -> bool:
         """A terminal AWS error on this generation, not yet due for another try."""
         endpoint = step.status.endpoint
-        terminal = next((c for c in step.status.conditions if c.type == "Terminal"), None)
+        terminal = condition(step.status.conditions, ConditionType.TERMINAL)
         return bool(
             endpoint
             and endpoint.retry_after

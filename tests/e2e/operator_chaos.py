@@ -59,8 +59,9 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from mlflow import MlflowClient
 
-from mlplane.crds.base import GROUP, RUN_UID_TAG, VERSION
+from mlplane.crds.base import GROUP, VERSION
 from mlplane.operator import embedded
+from mlplane.training.tags import RUN_UID_TAG
 from mlplane.training.tracking import experiment_id
 
 RAY = ("ray.io", "v1")

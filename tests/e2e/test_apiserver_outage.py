@@ -27,10 +27,10 @@ from kubernetes import client
 from mlflow import MlflowClient
 from service_fixtures import unavailable
 
-from mlplane.crds.base import RUN_UID_TAG
 from mlplane.operator import embedded
 from mlplane.operator.cluster.build import cache_root
 from mlplane.operator.cluster.controlplane import ControlPlane
+from mlplane.training.tags import RUN_UID_TAG
 from tests.e2e.conftest import OperatorProcess, Resources, samples
 from tests.e2e.test_kuberay import (
     STARTUP_TIMEOUT,

@@ -33,9 +33,9 @@ from ray._private.runtime_env.packaging import download_and_unpack_package
 from service_fixtures import MotoServer
 
 from mlplane.crds import KINDS
-from mlplane.crds.base import RUN_UID_TAG
 from mlplane.operator import embedded
 from mlplane.operator.backends.kuberay import kuberay_name, rayjob_name
+from mlplane.training.tags import RUN_UID_TAG
 from mlplane.training.tracking import experiment_id
 from tests.e2e.conftest import GROUP, VERSION, OperatorProcess, Resources
 

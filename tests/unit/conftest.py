@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from mlplane.crds.base import RUN_UID_TAG
 from mlplane.operator.lifecycle import RunReconciler
 from mlplane.operator.tracking import Tracking
+from mlplane.training.tags import RUN_UID_TAG
 from mlplane.training.tracking import experiment_id
 
 

@@ -127,6 +127,14 @@ def test_running_then_succeeded_with_metrics_model_and_gates(parts, writer) -> N
     assert job.status.model.uri == "models:/m/3"
     assert job.status.key_metric == "test_roc_auc=0.9910"
     assert job.status.completion_time is not None
+    # Each condition names the spec it is about: kstatus readers (Argo CD, kubectl wait) take
+    # one without observedGeneration for one about a spec the operator has not seen yet.
+    assert {c.type: c.observed_generation for c in job.status.conditions} == {
+        "Admitted": 1,
+        "Running": 1,
+        "GatesPassed": 1,
+        "Complete": 1,
+    }
 
 
 def test_failed_gate_is_success_without_a_model(parts, writer) -> None:

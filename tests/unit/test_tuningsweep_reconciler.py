@@ -107,6 +107,12 @@ def test_trial_counts_best_trial_and_promotion(parts, runner_opens) -> None:
     assert (
         "promoted models:/churn-model/4" in condition(sweep.status.conditions, "Complete").message
     )
+    assert {c.type: c.observed_generation for c in sweep.status.conditions} == {
+        "Admitted": 1,
+        "Running": 1,
+        "GatesPassed": 1,
+        "Complete": 1,
+    }
 
 
 def test_too_many_failed_trials_fail_without_retry(parts, runner_opens) -> None:
