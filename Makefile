@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 
-.PHONY: setup demo test lint lock generate manifests image clean
+.PHONY: setup demo test lint typecheck lock generate manifests image clean
 
 setup: $(VENV)/.installed
 
@@ -29,16 +29,24 @@ demo: setup
 
 # The image is built before pytest so its progress shows; without root it cannot be, and its test
 # then fails under CI=true and is skipped elsewhere, so the rest of the suite still runs.
-test: setup
+test: setup typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mlplane cluster build
 	-$(BIN)/python -m mlplane.operator.cluster.image
 	$(BIN)/python -m pytest
 
-lint: setup
+lint: typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy over the four packages. It does not read pyproject.toml's package-dir, so it finds them as
+# `mlplane.*` through a tree of links to the folders.
+typecheck: setup
+	@mkdir -p $(VENV)/typecheck/mlplane
+	@for package in operator crds training serving; do \
+		ln -sfn $(CURDIR)/$$package $(VENV)/typecheck/mlplane/$$package; done
+	$(BIN)/mypy
 
 # CRD YAML in crds/ and docs/api.md, from the Pydantic models; then the chart's copy of the CRDs,
 # manifests/, and the operator's RBAC table in docs/security.md. Unit tests fail when any of them

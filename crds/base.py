@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
+from annotated_types import GroupedMetadata
 from kubernetes.utils import parse_quantity
 from pydantic import (
     AfterValidator,
@@ -30,11 +31,13 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonDict
 from pydantic_core import core_schema
 
 GROUP = "mlplane.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+API_VERSION: Final = "mlplane.dev/v1alpha1"
+"""GROUP/VERSION, spelled out: each kind's apiVersion field is this literal."""
 
 # The pattern Kubernetes itself uses for resource.Quantity in CRDs.
 QUANTITY_PATTERN = (
@@ -93,23 +96,27 @@ def _quantity_at_most(maximum: str) -> Callable[[int | str], int | str]:
     return check
 
 
-def bounded_quantity(maximum: str) -> Any:
+class BoundedQuantity(GroupedMetadata):
     """A Kubernetes quantity (`4`, `500m`, `16Gi`) from 0 to `maximum`, checked with the kubernetes
     client's own parser here and Kubernetes' CEL quantity library on the API server.
 
     An integer or a string, as the API server's int-or-string allows: half a CPU is `500m` or
     `"0.5"`. The bound keeps `1e308` out of the arithmetic that places and queues the work.
     """
-    in_range = (
-        f"type(self) == int ? self >= 0 && self <= {int(parse_quantity(maximum))} : "
-        f"isQuantity(self) && quantity(self).compareTo(quantity('0')) >= 0 && "
-        f"quantity(self).compareTo(quantity('{maximum}')) <= 0"
-    )
-    return Annotated[
-        int | str,
-        BeforeValidator(_integer_or_string),
-        AfterValidator(_quantity_at_most(maximum)),
-        WithJsonSchema(
+
+    def __init__(self, maximum: str) -> None:
+        self.maximum = maximum
+
+    def __iter__(self) -> Iterator[object]:
+        maximum = self.maximum
+        in_range = (
+            f"type(self) == int ? self >= 0 && self <= {int(parse_quantity(maximum))} : "
+            f"isQuantity(self) && quantity(self).compareTo(quantity('0')) >= 0 && "
+            f"quantity(self).compareTo(quantity('{maximum}')) <= 0"
+        )
+        yield BeforeValidator(_integer_or_string)
+        yield AfterValidator(_quantity_at_most(maximum))
+        yield WithJsonSchema(
             {
                 "anyOf": [{"type": "integer"}, {"type": "string"}],
                 "x-kubernetes-int-or-string": True,
@@ -117,12 +124,11 @@ def bounded_quantity(maximum: str) -> Any:
                 "maxLength": 32,
                 **validations(cel(in_range, f"must be a quantity between 0 and {maximum}")),
             }
-        ),
-    ]
+        )
 
 
-Cpu = bounded_quantity("1024")
-Memory = bounded_quantity("64Ti")
+Cpu = Annotated[int | str, BoundedQuantity("1024")]
+Memory = Annotated[int | str, BoundedQuantity("64Ti")]
 
 
 def quantity_value(quantity: int | str) -> Decimal:
@@ -144,7 +150,7 @@ def _plain_json(value: dict[str, Any]) -> dict[str, Any]:
     """Finite numbers, bounded depth and size: what a runner can pass on without overflowing."""
     if len(value) > MAX_PARAMETERS:
         raise ValueError(f"{len(value)} keys; at most {MAX_PARAMETERS}")
-    stack = [(value, 1)]
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > MAX_PARAMETERS_DEPTH:
@@ -284,10 +290,12 @@ class Condition(ApiModel):
     """The metadata.generation this condition was computed from."""
 
 
-CONDITIONS_LIST = {
-    "x-kubernetes-list-type": "map",
-    "x-kubernetes-list-map-keys": ["type"],
-}
+def list_map(*keys: str) -> JsonDict:
+    """A list Kubernetes merges by `keys` (server-side apply, strategic merge)."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": list(keys)}
+
+
+CONDITIONS_LIST = list_map("type")
 
 
 class Queue(ApiModel):

@@ -11,11 +11,11 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
-from mlplane.crds.base import API_VERSION, NAME_PATTERN, ApiModel, FreeForm, ObjectMeta
+from mlplane.crds.base import API_VERSION, NAME_PATTERN, ApiModel, FreeForm, ObjectMeta, list_map
 
 MAX_POOL_GPUS = 1_000_000
 
-POOLS_LIST = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+POOLS_LIST = list_map("name")
 
 
 class PoolQuota(ApiModel):

@@ -13,7 +13,7 @@ import base64
 import logging
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import aiohttp
 import kopf
@@ -99,9 +99,14 @@ def _merge_patch(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[
     return patch
 
 
-def _emit(body: Mapping[str, Any], events: list[Event]) -> None:
+def _emit(body: kopf.Body, events: list[Event]) -> None:
     for event in events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+def _namespace(body: kopf.Body) -> str:
+    """The namespace of an object of a namespaced kind (kopf's type allows cluster-scoped ones)."""
+    return body.meta.namespace or ""
 
 
 class StatusWriter:
@@ -111,7 +116,7 @@ class StatusWriter:
     def __init__(self, kube: client.ApiClient, plural: str, body: kopf.Body) -> None:
         self.objects = client.CustomObjectsApi(kube)
         self.plural = plural
-        self.namespace, self.name = body.meta.namespace, body.meta.name
+        self.namespace, self.name = _namespace(body), body.meta.name
         self.status: Mapping[str, Any] = body.status
         """The status as the API server has it now: what kopf's patch is made against."""
 
@@ -236,7 +241,9 @@ def _register_runs_index(registry: kopf.OperatorRegistry, kind: str, index_id: s
         resource, problems = parse_object(_plain(body))
         if problems or resource.spec.queue_name:
             return {}  # it never will be admitted, or Kueue admits it
-        work = reconciler_of(memo.runtime).work(resource)
+        reconciler = reconciler_of(memo.runtime)
+        assert isinstance(reconciler, RunReconciler)  # RUN_KINDS are run kinds
+        work = reconciler.work(resource)
         return {None: (work, body.status.get("phase"))}
 
 
@@ -267,7 +274,7 @@ def _register_rayjobs_index(registry: kopf.OperatorRegistry) -> None:
             },
             "status": dict(body.status),
         }
-        return {(meta.namespace, meta.name): seen}
+        return {(_namespace(body), meta.name): seen}
 
 
 def _first_of(index: kopf.Index[tuple[str, str], T]) -> Callable[[str, str], T | None]:
@@ -292,7 +299,7 @@ def _register_gpu_quotas(registry: kopf.OperatorRegistry, config: OperatorConfig
         quota, problems = parse_object(_plain(body))
         if problems:
             return {}  # the API server's schema refuses what the model would
-        return {body.meta.namespace: {pool.name: pool.gpus for pool in quota.spec.pools}}
+        return {_namespace(body): {pool.name: pool.gpus for pool in quota.spec.pools}}
 
     _register_ledger_view(registry, config, plural, quota_status)
 
@@ -391,7 +398,7 @@ def _register_ray_pods_index(registry: kopf.OperatorRegistry) -> None:
     async def ray_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], tuple[str, str]]:
         cluster = body.meta.labels.get("ray.io/cluster")
         problem = pod_problem(body)
-        return {(body.meta.namespace, cluster): problem} if cluster and problem else {}
+        return {(_namespace(body), cluster): problem} if cluster and problem else {}
 
 
 def bounded_session(info: kopf.ConnectionInfo) -> kopf.AiohttpSession:
@@ -440,8 +447,11 @@ def _api_server_answers() -> bool:
 def _registered_model(kube: client.ApiClient, namespace: str, name: str) -> str | None:
     """status.model.uri of a TrainingJob, for ModelDeployments that reference one."""
     try:
-        job = client.CustomObjectsApi(kube).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, KINDS["TrainingJob"].plural, name
+        job = cast(
+            dict[str, Any],
+            client.CustomObjectsApi(kube).get_namespaced_custom_object(
+                GROUP, VERSION, namespace, KINDS["TrainingJob"].plural, name
+            ),
         )
     except ApiException as error:
         if error.status == 404:

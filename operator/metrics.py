@@ -16,6 +16,7 @@ import threading
 import time
 import typing
 from collections import Counter as Tally
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ class ResourceView(Collector):
             ("pool", "namespace"),
             gpus,
         )
-        gpu_seconds: Tally[tuple[str, ...]] = Tally()
+        gpu_seconds: defaultdict[tuple[str, ...], float] = defaultdict(float)
         for s in states:
             gpu_seconds[(s.kind, s.pool, s.namespace)] += s.gpu_seconds
         yield self._gauge(

@@ -290,10 +290,11 @@ class ModelDeploymentReconciler:
             status.canary = None
             reason = "CanaryPending" if isinstance(problem, ModelPending) else "CanaryNotFound"
             return Plan(self._render(deployment, stable), _traffic(stable), reason, str(problem))
-        previous_canary = next((t for t in status.traffic if t.role == "canary"), None)
         previous_stable = next((t for t in status.traffic if t.role == "stable"), None)
         current = status.canary
-        same_canary = previous_canary is not None and previous_canary.uri == canary.uri
+        live_canary = next(  # this canary's traffic record, if it was live already
+            (t for t in status.traffic if t.role == "canary" and t.uri == canary.uri), None
+        )
         if (
             current
             and current.outcome == "Promoted"
@@ -306,8 +307,8 @@ class ModelDeploymentReconciler:
                 "CanaryPromoted",
                 f"{canary.uri} was promoted; it stays while spec.canary names it",
             )
-        if current and current.outcome == "RolledBack" and same_canary:
-            plan = self._rolling_back(deployment, stable, canary, state, previous_canary)
+        if current and current.outcome == "RolledBack" and live_canary:
+            plan = self._rolling_back(deployment, stable, canary, state, live_canary)
             why = condition(status.conditions, ConditionType.PROGRESSING)
             if why and why.reason in ROLLBACK_REASONS:
                 plan.reason, plan.message = why.reason, why.message
@@ -315,7 +316,7 @@ class ModelDeploymentReconciler:
         if canary.uri == stable.uri:
             status.canary = None
             return Plan(self._render(deployment, stable), _traffic(stable))
-        if not (current and current.outcome == "InProgress" and same_canary):
+        if not (current and current.outcome == "InProgress" and live_canary):
             current = status.canary = CanaryStatus(step=0, percent=spec.steps[0])
             step.events.append(
                 Event("Normal", "CanaryStarted", f"{canary.uri}: {spec.steps[0]}% of traffic")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 from rich.console import Group
@@ -57,11 +57,13 @@ def read(api: client.ApiClient, namespace: str | None) -> Snapshot:
             found = objects.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
         else:
             found = objects.list_cluster_custom_object(GROUP, VERSION, plural)
-        return found["items"]
+        return cast(dict[str, Any], found)["items"]
 
     runs = [run for plural in RUN_PLURALS.values() for run in items(plural)]
     try:
-        pools = objects.list_cluster_custom_object(GROUP, VERSION, "nodepools")["items"]
+        pools = cast(
+            dict[str, Any], objects.list_cluster_custom_object(GROUP, VERSION, "nodepools")
+        )["items"]
     except client.ApiException as error:
         if error.status not in (403, 404):  # a tenant's view; a cluster without the kind
             raise

@@ -258,11 +258,11 @@ class ServingView:
             self.console.print(f"[bold]{deployment.metadata.name}[/]: {status.phase} {models}")
         if status.phase == "Available" and status.url and status.url != self.served_url:
             self.served_url = status.url
-            self._show_sample(status)
+            self._show_sample(status.url, status)
 
-    def _show_sample(self, status: ModelDeploymentStatus) -> None:
+    def _show_sample(self, url: str, status: ModelDeploymentStatus) -> None:
         """The URL, a curl command built from the model's input example, and its answer."""
-        self.console.print(f"serving at [bold]{status.url}[/] (Ctrl-C stops and removes it)")
+        self.console.print(f"serving at [bold]{url}[/] (Ctrl-C stops and removes it)")
         stable = next((t for t in status.traffic if t.role == "stable"), None)
         body = sample_request(self.tracking_uri, stable.uri) if stable else None
         if body is None:
@@ -270,12 +270,12 @@ class ServingView:
         payload = json.dumps(body)
         self.console.print("try:", markup=False)
         self.console.print(
-            f"  curl -s -X POST {status.url} -H 'Content-Type: application/json' -d '{payload}'",
+            f"  curl -s -X POST {url} -H 'Content-Type: application/json' -d '{payload}'",
             markup=False,
             soft_wrap=True,
         )
         try:
-            answer = _sample_session().post(status.url, json=body, timeout=30)
+            answer = _sample_session().post(url, json=body, timeout=30)
         except requests.RequestException as error:  # shown, not fatal: the app keeps serving
             self.console.print(f"  → {type(error).__name__}: {error}", markup=False)
             return
@@ -300,12 +300,14 @@ def _sample_session() -> requests.Session:
 def sample_request(tracking_uri: str, model_uri: str) -> dict[str, Any] | None:
     """`{"instances": [row]}` from the first row of the model's logged input example, if any."""
     import mlflow.models  # for deployments only: a training run never loads a model here
+    import pandas
 
     mlflow.set_tracking_uri(tracking_uri)
     example = mlflow.models.Model.load(model_uri).load_input_example()
     if example is None or not len(example):
         return None
-    rows = json.loads(example.head(1).to_json(orient="records"))
+    # A DataFrame for the tabular models mlplane logs, whatever MLflow's annotation says.
+    rows = json.loads(pandas.DataFrame(example).head(1).to_json(orient="records"))
     return {"instances": rows}
 
 

@@ -28,13 +28,14 @@ def set_condition(
     generation it was computed from is always said: kstatus readers (Argo CD, kubectl wait) take
     a condition without it for one about the newest spec."""
     previous = next((c for c in conditions if c.type == type_), None)
-    changed = previous is None or previous.status != status
     updated = Condition(
         type=type_,
         status=status,
         reason=reason,
         message=message[:4096],
-        last_transition_time=now() if changed else previous.last_transition_time,
+        last_transition_time=(
+            previous.last_transition_time if previous and previous.status == status else now()
+        ),
         observed_generation=generation,
     )
     return [c for c in conditions if c.type != type_] + [updated]

@@ -87,7 +87,7 @@ class Tracking:
         """The runs made so far for `lookups`, by resource UID, found with a single search."""
         lookups = list(lookups)
         experiment_ids = sorted(
-            {found for lookup in lookups if (found := self.experiment_id(lookup.experiment))}
+            {known for lookup in lookups if (known := self.experiment_id(lookup.experiment))}
         )
         if not experiment_ids:
             return {}

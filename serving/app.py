@@ -324,11 +324,14 @@ class ModelServer:
 
 def build(args: dict[str, Any]) -> Application:
     """The application for Serve's declarative config; `args` come from `serve_application`."""
-    return ModelServer.bind(
+    # Serve's decorators made both classes Deployments; mypy cannot see through them.
+    server: Any = ModelServer
+    collector: Any = MetricsCollector
+    return server.bind(
         stable=args["stable"],
         canary=args.get("canary"),
         max_batch_size=int(args.get("maxBatchSize", 32)),
         batch_wait_timeout_s=float(args.get("batchWaitTimeoutS", 0.005)),
         max_body_bytes=int(args.get("maxBodyBytes", DEFAULT_MAX_REQUEST_BYTES)),
-        collector=MetricsCollector.bind(),
+        collector=collector.bind(),
     )

@@ -135,7 +135,7 @@ def _take(
 
 
 def _split_by_time(table: pd.DataFrame, split: Split) -> Splits:
-    ordered = table.sort_values(split.time_column, kind="stable")  # type: ignore[arg-type]
+    ordered = table.sort_values(split.time_column, kind="stable")
     n = len(ordered)
     n_test = round(n * split.test)
     n_val = round(n * split.validation)

@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
+from mlflow.pyfunc import PythonModel
 from sklearn.compose import ColumnTransformer
 
 
-class TabularModel(mlflow.pyfunc.PythonModel):
+class TabularModel(PythonModel):
     """Raw feature rows in; `prediction` (and `proba_<class>` per class) out."""
 
     def __init__(

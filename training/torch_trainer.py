@@ -41,6 +41,9 @@ class MLP(nn.Module):
     module) undo the standardisation.
     """
 
+    shift: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(
         self,
         in_features: int,
@@ -128,7 +131,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return  # the restored checkpoint is already the final model
     if in_tune_trial():  # the trial is the only worker: no DDP
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = module.to(device)
+        model: nn.Module = module.to(device)
     else:
         model = ray.train.torch.prepare_model(module)  # device placement and DDP
         device = ray.train.torch.get_device()

@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -255,7 +255,7 @@ def worker_group(
     requests: dict[str, Any] = {"cpu": str(cpu)}
     if memory is not None:
         requests["memory"] = str(memory)
-    start_params = {"num-cpus": str(int(max(1, quantity_value(cpu))))}
+    start_params = {"num-cpus": str(max(1, int(quantity_value(cpu))))}
     if gpus:
         gpu_resource = pool.gpu_resource if pool else "nvidia.com/gpu"
         requests[gpu_resource] = str(gpus)
@@ -464,8 +464,11 @@ class KubeRayBackend:
         rayjob = self.observed(ref.owner.namespace, name)
         if rayjob is None or _submission(rayjob) != ref.submission_id:
             try:
-                rayjob = self.objects.get_namespaced_custom_object(
-                    RAY_GROUP, RAY_VERSION, ref.owner.namespace, "rayjobs", name
+                rayjob = cast(
+                    dict[str, Any],
+                    self.objects.get_namespaced_custom_object(
+                        RAY_GROUP, RAY_VERSION, ref.owner.namespace, "rayjobs", name
+                    ),
                 )
             except ApiException as error:
                 if error.status == 404:

@@ -28,8 +28,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import requests
 import urllib3
@@ -217,6 +218,16 @@ KUBERAY_REFUSALS = frozenset({"InvalidRayServiceMetadata", "InvalidRayServiceSpe
 """The Event reasons KubeRay gives a RayService it will not run until its spec changes."""
 
 
+def _event_time(event: client.CoreV1Event) -> datetime:
+    """When an Event last happened: Events set one, two or all three of these."""
+    return (
+        event.last_timestamp
+        or event.event_time
+        or event.first_timestamp
+        or datetime.min.replace(tzinfo=UTC)
+    )
+
+
 class RayServiceBackend:
     """Serve through KubeRay: create, update, read and delete RayServices."""
 
@@ -251,8 +262,11 @@ class RayServiceBackend:
 
     def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self.objects.get_namespaced_custom_object(
-                RAY_GROUP, RAY_VERSION, namespace, "rayservices", name
+            return cast(
+                dict[str, Any],
+                self.objects.get_namespaced_custom_object(
+                    RAY_GROUP, RAY_VERSION, namespace, "rayservices", name
+                ),
             )
         except ApiException as error:
             if error.status == 404:
@@ -260,8 +274,11 @@ class RayServiceBackend:
             raise
 
     def _owner(self, namespace: str, name: str) -> Owner:
-        deployment = self.objects.get_namespaced_custom_object(
-            GROUP, VERSION, namespace, "modeldeployments", name
+        deployment = cast(
+            dict[str, Any],
+            self.objects.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "modeldeployments", name
+            ),
         )
         return Owner(API_VERSION, "ModelDeployment", name, namespace, deployment["metadata"]["uid"])
 
@@ -312,12 +329,14 @@ class RayServiceBackend:
         refusals = [e for e in events if (e.reason or "") in KUBERAY_REFUSALS]
         if not refusals:
             return None
-        newest = max(refusals, key=lambda e: e.last_timestamp or e.event_time or e.first_timestamp)
+        newest = max(refusals, key=_event_time)
         return f"{newest.reason}: {newest.message}"
 
     def _pods_problem(self, rayservice: dict[str, Any] | None) -> tuple[str, str] | None:
         """Why a pod of the cluster being rolled out (or else of the serving one) cannot start."""
-        status = (rayservice or {}).get("status") or {}
+        if rayservice is None:
+            return None
+        status = rayservice.get("status") or {}
         for side in ("pendingServiceStatus", "activeServiceStatus"):
             cluster = (status.get(side) or {}).get("rayClusterName")
             if cluster and (

@@ -216,8 +216,8 @@ class SageMakerEndpoints:
         status.endpoint = (status.endpoint or Endpoint()).model_copy(
             update={"name": names.endpoint, "region": serving.region}
         )
-        if problem := self._endpoint_problem(serving):
-            self._blocked(step, deployment, "InvalidSpec", problem, terminal=True)
+        if invalid := self._endpoint_problem(serving):
+            self._blocked(step, deployment, "InvalidSpec", invalid, terminal=True)
             return
         if self._backing_off(deployment, step):
             return

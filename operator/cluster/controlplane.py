@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -243,16 +244,14 @@ class ControlPlane:
             ("kube-controller-manager", ports["controller-manager"]),
             ("kube-scheduler", ports["scheduler"]),
         ):
-            self._wait(
-                deadline, name, lambda port=port: _http_ok(f"https://127.0.0.1:{port}/healthz")
-            )
+            self._wait(deadline, name, partial(_http_ok, f"https://127.0.0.1:{port}/healthz"))
         self._wait(deadline, "kwok", lambda: self._count_ready_nodes(state.nodes) == len(nodes))
         # The controller-manager creates each namespace's `default` ServiceAccount; pods need it.
         self._wait(deadline, "kube-controller-manager", self._default_service_account_exists)
         log("installing KubeRay's CRDs, starting its operator")
         crds = [self._create_crd(KUBERAY.file(path)) for path in KUBERAY.files]
         for crd in crds:
-            self._wait(deadline, "kube-apiserver", lambda crd=crd: self._established(crd))
+            self._wait(deadline, "kube-apiserver", partial(self._established, crd))
         start(KUBERAY.name)
         self._wait(deadline, KUBERAY.name, lambda: self._healthy(KUBERAY.name, ports))
 
