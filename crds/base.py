@@ -400,7 +400,8 @@ class RunStatus(ApiModel):
     queue: Queue | None = None
     """GPU pool, GPUs held and queue position."""
     gpu_seconds: float = 0
-    """GPU time allocated so far, for chargeback."""
+    """GPU time allocated so far, for chargeback: in whole minutes while the run holds its GPUs,
+    exact once it ends."""
     start_time: datetime | None = None
     """When the work was launched."""
     completion_time: datetime | None = None

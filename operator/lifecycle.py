@@ -38,6 +38,8 @@ from mlplane.training.tags import ERROR_TAG, RUN_UID_TAG
 S = TypeVar("S", bound=RunStatus)
 UNRETRYABLE = frozenset({"DeadlineExceeded", "ValidationFailed"})
 """Failure reasons a retry of the same spec would meet again: the run fails at once, with them."""
+GPU_ACCOUNTING_SECONDS = 60
+"""How often a running job's status.gpuSeconds moves (exact once it ends)."""
 
 # Linux refuses to exec a process given any one string over 128 KiB (MAX_ARG_STRLEN: E2BIG). Ray
 # runs a job's entrypoint as the one string of `sh -c ENTRYPOINT` and hands its runtime env to the
@@ -710,10 +712,16 @@ class RunReconciler(ABC, Generic[S]):
         self._let_go(resource, status)
 
     def _account_gpus(self, status: S, resource: Any) -> None:
+        """GPU time so far: in whole minutes while the run holds its GPUs, exact once it ends.
+        Counted every interval, a running job's status would change, and be written, every
+        interval: a hundred jobs at 1 s, a hundred writes a second the API server validates
+        and every watcher receives."""
         if status.start_time:
-            end = status.completion_time or now()
+            held = ((status.completion_time or now()) - status.start_time).total_seconds()
+            if not status.completion_time:
+                held -= held % GPU_ACCOUNTING_SECONDS
             _, gpus = self.gpus(resource)
-            status.gpu_seconds = gpus * (end - status.start_time).total_seconds()
+            status.gpu_seconds = gpus * held
 
     def _let_go(self, resource: Any, status: S) -> None:
         """Give back the quota and stop watching MLflow for a resource that is done."""

@@ -26,9 +26,13 @@ def key_metric(metrics: dict[str, float]) -> str | None:
 
 
 def eta_seconds(status: RunStatus, done: int, planned: int) -> int | None:
-    """Seconds left, if the rest goes as fast as what is done so far."""
+    """Seconds left, if the rest goes as fast as what is done so far: estimated when `done`
+    moves and kept until it moves again, so that time passing alone writes no status."""
     if not (status.start_time and done and planned > done):
         return None
+    known = status.progress
+    if known and (known.epoch, known.of) == (done, planned) and known.eta_seconds is not None:
+        return known.eta_seconds
     elapsed = (now() - status.start_time).total_seconds()
     return round(elapsed / done * (planned - done))
 

@@ -1,7 +1,9 @@
 """Admission inside the run lifecycle: the GPU ledger's queue on the status, Kueue hand-off, and
 the reasons a launched attempt does not start, step by step with an in-memory backend."""
 
+import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from inmemory import InMemoryJobs
 from mlplane.crds.trainingjob import TrainingJob
 from mlplane.operator.backends.base import AttemptRef, JobState
 from mlplane.operator.config import NodePool, OperatorConfig
+from mlplane.operator.handlers import status_patch
 from mlplane.operator.lifecycle import submission_id
 from mlplane.operator.quota import GpuLedger, config_limits
 from mlplane.operator.status import condition
@@ -239,3 +242,20 @@ def test_a_run_bigger_than_its_pool_fails_at_once_and_holds_no_one_up(parts) -> 
     assert failed.message == "needs 28 a100 GPUs; pool a100 has 24 GPUs in all"
     assert step(reconciler, make_job(2)).status.phase == "Starting"
     assert ledger.waiting() == [] and backend.submissions[0].submission_id.endswith("-1")
+
+
+def test_a_running_job_observed_again_writes_no_status(parts) -> None:
+    """Time passing alone changes nothing on the resource: a hundred running jobs observed every
+    second would otherwise be a hundred status writes a second."""
+    reconciler, backend, _ = parts
+    job = step(reconciler, make_job(1))
+    job.status.start_time -= timedelta(seconds=30)  # within the current GPU-minute
+    backend.jobs[job.status.ray.submission_id] = "RUNNING"
+    job = step(reconciler, job)
+    assert job.status.phase == "Running" and job.status.gpu_seconds == 0
+    before = job.status.to_dict()
+    time.sleep(1.1)
+    assert status_patch(step(reconciler, job).status, before) == {}
+
+    job.status.start_time -= timedelta(minutes=1)
+    assert step(reconciler, job).status.gpu_seconds == 4 * 60  # in whole minutes while held
