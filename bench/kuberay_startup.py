@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
-from queue_admission import in_workdir, mlplane_api, start_operator, summary
+from queue_admission import api_requests, in_workdir, mlplane_api, per_job, start_operator, summary
 from urllib3.exceptions import HTTPError
 
 from mlplane.crds import KINDS
@@ -202,11 +202,13 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
                 GROUP, VERSION, namespace, "trainingjobs", training_job(name)
             )
 
+        requests_before = api_requests(api)
         started = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(apply, names))
         finished = milestones.done.wait(args.timeout)
         seconds = time.monotonic() - started
+        requests_after = api_requests(api)
     finally:
         operator.terminate()
         operator.wait(timeout=60)
@@ -220,6 +222,8 @@ def measure(args: argparse.Namespace, workdir: Path, plane: ControlPlane) -> dic
         "apply_to_cluster_ready": summary(milestones.latencies("cluster_ready")),
         "apply_to_submitted": summary(milestones.latencies("submitted")),
         "watch_stream_errors": milestones.stream_errors,
+        # Every client's: the operator's, KubeRay's, the controllers', kwok's and this bench's.
+        "api_requests_per_job": per_job(requests_before, requests_after, args.jobs),
     }
 
 
