@@ -8,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 
-.PHONY: setup demo test lint typecheck lock generate manifests image clean
+.PHONY: setup demo test unit lint typecheck lock generate manifests image clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ test: setup typecheck
 	$(BIN)/mlplane cluster build
 	-$(BIN)/python -m mlplane.operator.cluster.image
 	$(BIN)/python -m pytest
+
+# The tests that need no server and no Go-built tool: under a minute, for the edit-test loop.
+unit: setup
+	$(BIN)/python -m pytest tests/unit -m "not services" -q
 
 lint: typecheck
 	$(BIN)/ruff check .

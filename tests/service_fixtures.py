@@ -30,6 +30,19 @@ RAY_TEST_CPUS = 4
 RAY_TEST_OBJECT_STORE_MB = 400
 
 
+SERVICES = frozenset(
+    {"ray_cluster", "mlflow_server", "moto_server", "hung_server", "helm", "kubeconfig"}
+)
+"""The fixtures that start a server or build a tool: a test using any of them, directly or
+through another fixture, is marked `services`, and `make unit` runs the rest."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+
+
 def unavailable(reason: str, error: BaseException) -> NoReturn:
     """A part the tests need is missing: a failure under CI (a broken run there), else a skip
     that says why, so a laptop without the cached cluster can still run the unit tests."""
