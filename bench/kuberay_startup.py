@@ -115,7 +115,10 @@ def served(objects: client.CustomObjectsApi, namespace: str, timeout: float = 60
     for kind in KINDS.values():
         while True:
             try:
-                objects.list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural)
+                if kind.namespaced:
+                    objects.list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural)
+                else:
+                    objects.list_cluster_custom_object(GROUP, VERSION, kind.plural)
                 break
             except ApiException as error:
                 if error.status not in (404, 429) or time.monotonic() > deadline:
